@@ -1,0 +1,1 @@
+"""Command-line interface: ``latentdiff {train,sample,eval,demo,presets}``."""

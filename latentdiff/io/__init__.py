@@ -1,0 +1,1 @@
+"""Checkpoints (safetensors + JSON config) and image files."""

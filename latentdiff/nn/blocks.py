@@ -1,0 +1,83 @@
+"""U-Net building blocks: time-conditioned ResBlock, resampling, and a sequential container.
+
+ResBlock follows Dhariwal & Nichol 2021 (ADM): GroupNorm-SiLU-conv, then the
+time/class embedding enters either by addition or as a scale-shift of the
+second normalisation ("AdaGN", h = GN(h) (1 + s) + b), dropout, and a
+zero-initialised second conv, so each block starts as the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentdiff.nn.attention import SelfAttention2d
+from latentdiff.nn.layers import group_norm, zero_module
+
+
+class ResBlock(nn.Module):
+    """(B, C_in, H, W), emb (B, E) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0,
+                 scale_shift: bool = True, groups: int = 32):
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.norm1 = group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
+        self.norm2 = group_norm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb(F.silu(emb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv: (B, C, H, W) -> (B, C, H/2, W/2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then 3x3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class EmbedSequential(nn.ModuleList):
+    """Applies its modules in order, passing the embedding to the ResBlocks."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+def res_stage(in_ch: int, out_ch: int, emb_dim: int, attention: bool, *, dropout: float, scale_shift: bool,
+              groups: int, num_heads: int | None, head_dim: int | None) -> EmbedSequential:
+    """One ResBlock, followed by self-attention when ``attention``."""
+    layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_dim, dropout, scale_shift, groups)]
+    if attention:
+        layers.append(SelfAttention2d(out_ch, num_heads, head_dim, groups))
+    return EmbedSequential(layers)

@@ -1,0 +1,119 @@
+"""The U-Net denoiser backbone (Ho et al. 2020; Dhariwal & Nichol 2021), assembled from nn/blocks.py.
+
+Layout for channel multipliers (m_0, ..., m_L) and N res blocks per level:
+conv_in -> for each level: N x [ResBlock (+ attention)] then a 2x downsample
+(except the last) -> middle ResBlock, attention, ResBlock -> for each level in
+reverse: N+1 x [ResBlock on (h, skip) concatenated (+ attention)] then a 2x
+upsample (except the first level) -> GroupNorm, SiLU, zero-initialised conv_out.
+Self-attention sits at the feature-map sizes listed in ``attention_resolutions``.
+With ``patch_size`` p > 1 the image is folded into p x p patches first (space-to-depth,
+as Hoogeboom et al. 2023 do for high resolutions), so every level runs at 1/p the size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentdiff.config import Config
+from latentdiff.nn.blocks import Downsample, EmbedSequential, ResBlock, Upsample, res_stage
+from latentdiff.nn.attention import SelfAttention2d
+from latentdiff.nn.layers import TimestepMLP, group_norm, zero_module
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig(Config):
+    image_size: int = 32
+    in_channels: int = 1
+    out_channels: int | None = None       # default: in_channels (doubled by learned variance)
+    channels: int = 64                    # base width
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int | None = 1             # or None with head_dim
+    head_dim: int | None = None
+    dropout: float = 0.1
+    num_classes: int = 0                  # > 0: class embedding with a null class at index num_classes
+    scale_shift_norm: bool = True
+    norm_groups: int = 32
+    patch_size: int = 1                   # > 1: space-to-depth at the input, depth-to-space at the output
+
+
+class UNet(nn.Module):
+    """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None) -> (B, C_out, H, W)``."""
+
+    def __init__(self, cfg: UNetConfig, learned_variance: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        out_channels = (cfg.out_channels or cfg.in_channels) * (2 if learned_variance else 1)
+        ch, emb_dim, p = cfg.channels, 4 * cfg.channels, cfg.patch_size
+        if cfg.image_size % p:
+            raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {p}")
+        self.time_embed = TimestepMLP(ch, emb_dim)
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
+                     groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim)
+
+        self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips, width, res = [ch], ch, cfg.image_size // p
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(res_stage(width, ch * mult, attention=res in cfg.attention_resolutions, **stage))
+                width = ch * mult
+                skips.append(width)
+            if level < len(cfg.channel_mult) - 1:
+                self.down.append(EmbedSequential([Downsample(width)]))
+                skips.append(width)
+                res //= 2
+
+        self.middle = EmbedSequential([
+            ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
+            SelfAttention2d(width, cfg.num_heads, cfg.head_dim, cfg.norm_groups),
+            ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
+        ])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                block = res_stage(width + skips.pop(), ch * mult, attention=res in cfg.attention_resolutions, **stage)
+                width = ch * mult
+                if level > 0 and i == cfg.num_res_blocks:
+                    block.append(Upsample(width))
+                    res *= 2
+                self.up.append(block)
+
+        self.norm_out = group_norm(width, cfg.norm_groups)
+        self.conv_out = zero_module(nn.Conv2d(width, out_channels * p * p, 3, padding=1))
+
+    def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        emb = self.time_embed(t)
+        if self.class_embed is not None:
+            if class_labels is None:  # no label given: the null (unconditional) class
+                class_labels = torch.full((t.shape[0],), self.cfg.num_classes, device=t.device, dtype=torch.long)
+            emb = emb + self.class_embed(class_labels)
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.embed(t, class_labels).to(x.dtype)
+        if self.cfg.patch_size > 1:  # (B, C, H, W) -> (B, C p^2, H/p, W/p)
+            x = F.pixel_unshuffle(x, self.cfg.patch_size)
+        h = self.conv_in(x)
+        hs = [h]
+        for block in self.down:
+            h = block(h, emb)
+            hs.append(h)
+        h = self.middle(h, emb)
+        for block in self.up:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.cfg.patch_size) if self.cfg.patch_size > 1 else out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

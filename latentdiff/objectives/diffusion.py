@@ -1,0 +1,93 @@
+"""Denoising losses for discrete VP models: DDPM Algorithm 1, v and x0 targets, min-SNR weighting.
+
+Ho et al. 2020, Algorithm 1: sample t ~ U{1..T}, eps ~ N(0, I) and take a
+gradient step on || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2.
+The same regression with the v target (Salimans & Ho 2022) or the x0 target,
+optionally weighted by min-SNR-gamma (Hang et al. 2023, eq. 10): the x0-space
+weight min(SNR, gamma), divided by SNR for eps and by SNR + 1 for v.
+With learned variance the Improved-DDPM hybrid loss is added (learned_variance.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from latentdiff.config import Config
+from latentdiff.objectives.learned_variance import vlb_term
+from latentdiff.precond import training_target
+from latentdiff.schedules import DiscreteSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig(Config):
+    """How a discrete VP diffusion model is trained and what its backbone predicts."""
+
+    schedule: str = "linear"          # linear | cosine | scaled_linear
+    timesteps: int = 1000
+    parameterisation: str = "eps"     # eps | v | x0
+    min_snr_gamma: float | None = None  # None: plain MSE (Algorithm 1 for eps)
+    learned_variance: bool = False    # Improved DDPM hybrid loss
+    vlb_weight: float = 0.001         # lambda in L_simple + lambda L_vlb
+    cond_drop_prob: float = 0.0       # classifier-free guidance: labels dropped to the null class
+
+
+def snr_weight(snr: torch.Tensor, parameterisation: str, gamma: float | None) -> torch.Tensor:
+    """Per-sample loss weight on the backbone's target; 1 when gamma is None."""
+    if gamma is None:
+        return torch.ones_like(snr)
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[parameterisation]
+
+
+class DiffusionLoss:
+    """``loss_fn(model, batch, generator) -> (loss, logs)`` for the trainer (training/trainer.py).
+
+    ``batch["x"]`` is (B, C, H, W) data x0; ``batch["label"]`` (B,) class labels when
+    ``num_classes`` > 0. Labels are replaced by the null class ``num_classes`` with
+    probability ``cond_drop_prob`` (classifier-free guidance, Ho & Salimans 2022).
+    """
+
+    def __init__(self, cfg: DiffusionConfig, num_classes: int = 0):
+        self.cfg, self.num_classes = cfg, num_classes
+        self.schedule = DiscreteSchedule(cfg.schedule, cfg.timesteps)
+        self.alpha_bar = self.schedule.alpha_bar.float()
+
+    def sample_t(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """t ~ U{0..T-1} (Ho et al.'s t = 1..T). (B,) int64."""
+        return torch.randint(0, self.cfg.timesteps, (batch_size,), generator=generator)
+
+    def cond_from_batch(self, batch: dict, generator: torch.Generator) -> dict:
+        if self.num_classes == 0:
+            return {}
+        labels = batch["label"]
+        if self.cfg.cond_drop_prob > 0:
+            drop = torch.rand(labels.shape, generator=generator) < self.cfg.cond_drop_prob
+            labels = torch.where(drop.to(labels.device), torch.full_like(labels, self.num_classes), labels)
+        return {"class_labels": labels}
+
+    def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
+        x0 = batch["x"]
+        B = x0.shape[0]
+        t = self.sample_t(B, generator)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        cond = self.cond_from_batch(batch, generator)
+        t = t.to(x0.device)
+        a = self.alpha_bar.to(x0.device)[t].view(B, *([1] * (x0.ndim - 1)))
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        out = model(x_t, t.float(), **cond).float()
+        if self.cfg.learned_variance:
+            out, v = out.chunk(2, dim=1)
+        target = training_target(self.cfg.parameterisation, x0, eps, a)
+        snr = (a / (1 - a)).flatten()
+        weight = snr_weight(snr, self.cfg.parameterisation, self.cfg.min_snr_gamma)
+        mse = ((out - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
+        loss = (weight * mse).mean()
+        logs = {"mse": float(mse.detach().mean())}
+        if self.cfg.learned_variance:
+            vlb = vlb_term(self.schedule, self.cfg.parameterisation, x0, x_t, t, out.detach(), v)
+            loss = loss + self.cfg.vlb_weight * self.cfg.timesteps * vlb.mean()
+            logs["vlb"] = float(vlb.detach().mean())
+        return loss, logs

@@ -1,0 +1,97 @@
+"""Orchestration for (class-conditional) diffusion models: build, train, load, generate. No maths here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from latentdiff.data import build_dataset
+from latentdiff.io.checkpoint import load_checkpoint
+from latentdiff.nn.unet import UNet
+from latentdiff.objectives.diffusion import DiffusionLoss
+from latentdiff.precond import Denoiser
+from latentdiff.presets import RunConfig
+from latentdiff.sampling import CFGDenoiser, get_sampler, prior_noise
+from latentdiff.schedules import DiscreteSchedule, sigma_grid
+from latentdiff.training.trainer import Trainer
+
+
+def build_backbone(cfg: RunConfig) -> UNet:
+    return UNet(cfg.model, learned_variance=cfg.diffusion.learned_variance)
+
+
+def make_denoiser(net: nn.Module, cfg: RunConfig) -> Denoiser:
+    schedule = DiscreteSchedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
+    return Denoiser(net, schedule, cfg.diffusion.parameterisation, cfg.diffusion.learned_variance)
+
+
+def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
+    """A checkpoint directory -> (Denoiser in eval mode, RunConfig)."""
+    state = load_checkpoint(ckpt)
+    cfg = RunConfig.from_dict(state.config)
+    net = build_backbone(cfg)
+    weights = state.ema_state if use_ema and state.ema_state is not None else state.model_state
+    net.load_state_dict(weights)
+    return make_denoiser(net.to(device).eval(), cfg), cfg
+
+
+def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    """(num_classes * per_class,) labels, one class per row of a grid with ``per_class`` columns."""
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+@torch.no_grad()
+def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = None, sampler: str = "dpmpp_2m",
+             steps: int = 20, spacing: str = "karras", guidance: float = 1.0, seed: int = 0,
+             batch_size: int = 250, progress: bool = False, callback: Callable | None = None) -> torch.Tensor:
+    """Draw n samples (n, C, H, W) in about [-1, 1].
+
+    Noise comes from one CPU generator seeded with ``seed`` (the same images on CPU and GPU,
+    whatever the batch size). ``class_labels`` (n,) for class-conditional models; guidance
+    other than 1 wraps the denoiser in classifier-free guidance against the null class.
+    """
+    net_cfg = denoiser.net.cfg
+    device = next(denoiser.net.parameters()).device
+    sample = get_sampler(sampler)
+    sigmas = sigma_grid(denoiser.schedule, steps, spacing)
+    generator = torch.Generator().manual_seed(seed)
+    x_T = prior_noise((n, net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size), float(sigmas[0]), generator)
+    kwargs = {"variance": "learned"} if sampler == "ddpm" and denoiser.learned_variance else {}
+    out = []
+    bar = tqdm(total=n, desc=f"sample {sampler}-{steps}", disable=not progress, unit="img")
+    for start in range(0, n, batch_size):
+        x = x_T[start:start + batch_size].to(device)
+        cond, model = {}, denoiser
+        if class_labels is not None:
+            labels = class_labels[start:start + batch_size].to(device)
+            cond = {"class_labels": labels}
+            if guidance != 1.0:
+                model = CFGDenoiser(denoiser, guidance, {"class_labels": torch.full_like(labels, net_cfg.num_classes)})
+        out.append(sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs).cpu())
+        bar.update(len(x))
+    bar.close()
+    return torch.cat(out).clamp(-1, 1)
+
+
+def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, channels_last: bool = True) -> dict:
+    """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint)."""
+    dataset = build_dataset(cfg.data, "train")
+    net = build_backbone(cfg)
+    if channels_last:  # faster convolutions on CPU (oneDNN) and GPU tensor cores
+        net = net.to(memory_format=torch.channels_last)
+    loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
+    per_class = max(1, cfg.sample.n_grid // max(cfg.model.num_classes, 1))
+
+    def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
+        labels = class_grid_labels(cfg.model.num_classes, per_class) if cfg.model.num_classes else None
+        n = len(labels) if labels is not None else cfg.sample.n_grid
+        return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, sampler=cfg.sample.sampler,
+                        steps=cfg.sample.steps, spacing=cfg.sample.spacing, guidance=cfg.sample.guidance)
+
+    trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(), sample_fn=sample_fn,
+                      cpu=cpu)
+    return trainer.train()

@@ -1,0 +1,40 @@
+"""Classifier-free guidance (Ho & Salimans 2022) as a denoiser wrapper (DESIGN.md section 3).
+
+D_guided = D(x | uncond) + w (D(x | cond) - D(x | uncond)); w = 1 is the conditional
+model, w = 0 the unconditional. For fixed x and sigma, eps = (x - x0)/sigma is affine in
+x0, so guiding x0 equals guiding eps. Both branches run as one batch of 2B.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _cat_cond(cond: dict, uncond: dict) -> dict:
+    return {k: torch.cat([cond[k], uncond[k]]) for k in cond}
+
+
+class CFGDenoiser(nn.Module):
+    """``CFGDenoiser(denoiser, scale, uncond)(x (B,...), sigma (B,), cond) -> x0_hat (B,...)``.
+
+    ``uncond`` is the conditioning dict of the unconditional branch, each tensor
+    with the same batch size as ``cond``'s (e.g. the null class, or a negative prompt).
+    """
+
+    def __init__(self, denoiser: nn.Module, scale: float, uncond: dict):
+        super().__init__()
+        self.denoiser, self.scale, self.uncond = denoiser, scale, uncond
+
+    def predict(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None):
+        """(guided x0_hat, the conditional branch's v_frac or None)."""
+        if self.scale == 1.0 or not cond:
+            return self.denoiser.predict(x, sigma, cond)
+        if self.scale == 0.0:
+            return self.denoiser.predict(x, sigma, self.uncond)
+        x0, v_frac = self.denoiser.predict(torch.cat([x, x]), torch.cat([sigma, sigma]), _cat_cond(cond, self.uncond))
+        x0_c, x0_u = x0.chunk(2)
+        return x0_u + self.scale * (x0_c - x0_u), None if v_frac is None else v_frac.chunk(2)[0]
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        return self.predict(x, sigma, cond)[0]

@@ -1,0 +1,161 @@
+"""Noise schedules: betas, alpha_bar, sigma, logSNR, and sigma grids for sampling.
+
+Conventions (DESIGN.md section 3). A discrete variance-preserving (VP) schedule
+has T steps indexed ``i = 0 .. T-1`` (Ho et al.'s ``t = i + 1``), with
+
+    alpha_bar_i = prod_{j <= i} (1 - beta_j),
+    sigma_i     = sqrt((1 - alpha_bar_i) / alpha_bar_i),     (variance-exploding view)
+    logSNR_i    = log(alpha_bar_i / (1 - alpha_bar_i)) = -2 log sigma_i,
+
+so that ``x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps`` (VP) equals
+``(x0 + sigma eps) * sqrt(alpha_bar)`` and ``alpha_bar = 1 / (1 + sigma^2)``.
+
+Sampling grids are descending sigma tensors ending in 0 (k-diffusion style).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("linear", "cosine", "scaled_linear")
+SPACINGS = ("leading", "trailing", "linspace", "karras")
+
+
+# ---------------------------------------------------------------- betas
+
+
+def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
+    """DDPM (Ho et al. 2020, section 4): betas linear from 1e-4 to 0.02. Shape (T,), float64."""
+    return torch.linspace(beta_1, beta_T, T, dtype=torch.float64)
+
+
+def scaled_linear_betas(T: int = 1000, beta_1: float = 0.00085, beta_T: float = 0.012) -> torch.Tensor:
+    """Stable Diffusion: betas linear in sqrt(beta). Shape (T,), float64."""
+    return torch.linspace(beta_1**0.5, beta_T**0.5, T, dtype=torch.float64) ** 2
+
+
+def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped at 0.999."""
+    def f(t: float) -> float:
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def make_betas(name: str, T: int = 1000) -> torch.Tensor:
+    """Betas by schedule name (``linear``, ``cosine``, ``scaled_linear``). Shape (T,), float64."""
+    table = {"linear": linear_betas, "cosine": cosine_betas, "scaled_linear": scaled_linear_betas}
+    if name not in table:
+        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    return table[name](T)
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def alpha_bar_from_betas(betas: torch.Tensor) -> torch.Tensor:
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + sigma**2)
+
+
+def logsnr_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    return -2.0 * torch.log(sigma)
+
+
+def sigma_from_logsnr(logsnr: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-0.5 * logsnr)
+
+
+class DiscreteSchedule:
+    """A discrete VP schedule of T steps with sigma <-> timestep conversion.
+
+    ``sigma_to_t`` interpolates log-sigma linearly between the table entries, so
+    any sigma in [sigma_min, sigma_max] maps to a continuous timestep in [0, T-1],
+    and a table sigma maps back to its exact integer index.
+    """
+
+    def __init__(self, name: str = "linear", T: int = 1000, betas: torch.Tensor | None = None):
+        self.name, self.T = name, T
+        self.betas = make_betas(name, T) if betas is None else betas.to(torch.float64)
+        if len(self.betas) != T:
+            raise ValueError(f"{len(self.betas)} betas given for T = {T}")
+        self.alpha_bar = alpha_bar_from_betas(self.betas)
+        self.sigmas = sigma_from_alpha_bar(self.alpha_bar)  # ascending in i
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """(B,) sigma -> (B,) continuous timestep, same dtype as sigma."""
+        log_sigma = sigma.to(torch.float64).clamp(self.sigma_min, self.sigma_max).log()
+        table = self.log_sigmas.to(sigma.device)
+        hi = torch.searchsorted(table, log_sigma).clamp(1, self.T - 1)
+        lo = hi - 1
+        w = (log_sigma - table[lo]) / (table[hi] - table[lo])
+        return (lo + w.clamp(0, 1)).to(sigma.dtype)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) continuous timestep -> (B,) sigma (log-linear interpolation)."""
+        t = t.to(torch.float64).clamp(0, self.T - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=self.T - 1)
+        w = t - lo
+        table = self.log_sigmas.to(t.device)
+        return ((1 - w) * table[lo] + w * table[hi]).exp()
+
+
+# ---------------------------------------------------------------- sampling grids
+
+
+def timesteps(T: int, n: int, spacing: str = "trailing") -> torch.Tensor:
+    """n integer timesteps in [0, T-1], descending, as diffusers spaces them.
+
+    ``leading`` (DDIM paper, diffusers' DDIMScheduler default): (0, k, 2k, ...) with k = T // n;
+    ``trailing`` (Lin et al. 2024, "Common diffusion noise schedules are flawed"): starts at T-1;
+    ``linspace``: round(linspace(0, T-1, n)).
+    """
+    if n < 1 or n > T:
+        raise ValueError(f"number of steps must be in [1, {T}], got {n}")
+    if spacing == "leading":
+        ts = torch.arange(n, dtype=torch.float64) * (T // n)
+    elif spacing == "trailing":
+        ts = torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)) - 1
+        return ts.long()
+    elif spacing == "linspace":
+        ts = torch.linspace(0, T - 1, n, dtype=torch.float64).round()
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; valid: leading, trailing, linspace")
+    return ts.long().flip(0)
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: n sigmas from sigma_max down to sigma_min, then 0. Shape (n+1,)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    return torch.cat([inv**rho, torch.zeros(1, dtype=torch.float64)])
+
+
+def sigma_grid(schedule: DiscreteSchedule, n: int, spacing: str = "trailing", rho: float = 7.0) -> torch.Tensor:
+    """Descending sigmas for an n-step sampler, ending in 0. Shape (n+1,), float64."""
+    if spacing == "karras":
+        return karras_sigmas(n, schedule.sigma_min, schedule.sigma_max, rho)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
+    ts = timesteps(schedule.T, n, spacing)
+    return torch.cat([schedule.sigmas[ts], torch.zeros(1, dtype=torch.float64)])
