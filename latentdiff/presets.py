@@ -43,11 +43,13 @@ def _fmnist_ddpm() -> RunConfig:
     return RunConfig(
         description="class-conditional pixel DDPM on Fashion-MNIST 32x32 (the demo; ~12 min on 2 CPU cores)",
         data=DataConfig(name="fmnist", image_size=32, channels=1),
-        model=UNetConfig(image_size=32, in_channels=1, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                         attention_resolutions=(8,), num_heads=2, dropout=0.0, num_classes=10, norm_groups=8),
+        model=UNetConfig(image_size=32, in_channels=1, channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+                         attention_resolutions=(8,), num_heads=2, dropout=0.0, num_classes=10, norm_groups=8,
+                         patch_size=2),
         diffusion=DiffusionConfig(schedule="cosine", parameterisation="v", min_snr_gamma=5.0, cond_drop_prob=0.1),
-        train=TrainConfig(batch_size=64, lr=2e-3, warmup_steps=100, grad_clip=1.0, max_steps=100_000,
-                          max_minutes=12.0, ema_decay=0.995, sample_every=500, checkpoint_every=250, log_every=25),
+        train=TrainConfig(batch_size=64, lr=1e-3, warmup_steps=100, grad_clip=1.0, max_steps=100_000,
+                          max_minutes=12.0, ema_decay=0.995, mixed_precision="bf16", sample_every=500,
+                          checkpoint_every=250, log_every=25),
         sample=SampleConfig(sampler="dpmpp_2m", steps=20, spacing="karras", guidance=2.0),
     )
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
-SPACINGS = ("leading", "trailing", "linspace", "karras")
+SPACINGS = ("leading", "trailing", "linspace", "karras", "logsnr", "balanced")
 
 
 # ---------------------------------------------------------------- betas
@@ -151,10 +151,55 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return torch.cat([inv**rho, torch.zeros(1, dtype=torch.float64)])
 
 
+def logsnr_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """n sigmas uniform in logSNR = -2 log sigma (Lu et al. 2022, DPM-Solver's "logSNR" steps), then 0. Shape (n+1,)."""
+    log_sigma = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64)
+    return torch.cat([log_sigma.exp(), torch.zeros(1, dtype=torch.float64)])
+
+
+def balanced_sigmas(n: int, sigma_min: float, sigma_max: float, sigma_data: float = 0.5,
+                    order: int = 2) -> torch.Tensor:
+    """n sigmas that equidistribute the global error of an order-p exponential integrator, then 0. Shape (n+1,).
+
+    Derivation (for Gaussian data of std sigma_data, which sets where the data prediction bends).
+    With lambda = -log sigma and q = sigma^2/sigma_data^2, the PF-ODE's data prediction along a
+    trajectory is m(lambda) = c sigma_data (1 + q)^{-1/2}, so m''(lambda) = c sigma_data q (q - 2)(1 + q)^{-5/2},
+    and an error in x at sigma reaches x0 scaled by dx0/dx = (1 + q)^{-1/2}. A step of size h
+    therefore contributes h^{p+1} w(lambda) to the final error with w ~ q / (1 + q)^2
+    = 1 / (2 + 2 cosh(2 (lambda - lambda_d))), lambda_d = -log sigma_data (dropping the isolated zero at q = 2).
+    Minimising int h(lambda)^p w dlambda at a fixed number of steps int dlambda / h = n gives
+    h ~ w^{-1/(p+1)}: the step density is rho(lambda) ~ cosh(lambda - lambda_d)^{-2/(p+1)}.
+    The grid puts the n sigmas at equal quantiles of rho on [lambda(sigma_max), lambda(sigma_min)];
+    steps are densest at sigma = sigma_data and thin out geometrically both ways, unlike logSNR
+    (uniform) or Karras (densest at small sigma). Measured on the exact-score GMM (D=16, K=8, NFE 5-20)
+    it does not beat ``logsnr`` (which was best there): mixture data bend at several scales, not one.
+    """
+    if n == 1:
+        return torch.tensor([sigma_max, 0.0], dtype=torch.float64)
+    lam = torch.linspace(-math.log(sigma_max), -math.log(sigma_min), 4097, dtype=torch.float64)
+    density = torch.cosh(lam + math.log(sigma_data)) ** (-2.0 / (order + 1))
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum((density[1:] + density[:-1]) / 2, 0)])
+    quantiles = torch.linspace(0, 1, n, dtype=torch.float64) * cdf[-1]
+    idx = torch.searchsorted(cdf, quantiles).clamp(1, len(cdf) - 1)
+    w = (quantiles - cdf[idx - 1]) / (cdf[idx] - cdf[idx - 1])
+    lam_q = lam[idx - 1] + w * (lam[idx] - lam[idx - 1])
+    sigmas = torch.exp(-lam_q)
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
 def sigma_grid(schedule: DiscreteSchedule, n: int, spacing: str = "trailing", rho: float = 7.0) -> torch.Tensor:
-    """Descending sigmas for an n-step sampler, ending in 0. Shape (n+1,), float64."""
+    """Descending sigmas for an n-step sampler, ending in 0. Shape (n+1,), float64.
+
+    ``leading``/``trailing``/``linspace`` pick table sigmas at integer timesteps; ``karras`` (rho),
+    ``logsnr`` and ``balanced`` (sigma_data = 0.5) are continuous in [sigma_min, sigma_max].
+    """
     if spacing == "karras":
         return karras_sigmas(n, schedule.sigma_min, schedule.sigma_max, rho)
+    if spacing == "logsnr":
+        return logsnr_sigmas(n, schedule.sigma_min, schedule.sigma_max)
+    if spacing == "balanced":
+        return balanced_sigmas(n, schedule.sigma_min, schedule.sigma_max)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
     ts = timesteps(schedule.T, n, spacing)

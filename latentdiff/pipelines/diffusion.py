@@ -47,12 +47,14 @@ def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = None, sampler: str = "dpmpp_2m",
              steps: int = 20, spacing: str = "karras", guidance: float = 1.0, seed: int = 0,
-             batch_size: int = 250, progress: bool = False, callback: Callable | None = None) -> torch.Tensor:
+             batch_size: int = 250, progress: bool = False, callback: Callable | None = None,
+             bf16: bool = False) -> torch.Tensor:
     """Draw n samples (n, C, H, W) in about [-1, 1].
 
     Noise comes from one CPU generator seeded with ``seed`` (the same images on CPU and GPU,
     whatever the batch size). ``class_labels`` (n,) for class-conditional models; guidance
     other than 1 wraps the denoiser in classifier-free guidance against the null class.
+    ``bf16`` runs the network under bfloat16 autocast; the sampler's arithmetic stays float32.
     """
     net_cfg = denoiser.net.cfg
     device = next(denoiser.net.parameters()).device
@@ -71,7 +73,8 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
             cond = {"class_labels": labels}
             if guidance != 1.0:
                 model = CFGDenoiser(denoiser, guidance, {"class_labels": torch.full_like(labels, net_cfg.num_classes)})
-        out.append(sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs).cpu())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs).cpu())
         bar.update(len(x))
     bar.close()
     return torch.cat(out).clamp(-1, 1)
@@ -90,7 +93,8 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, chan
         labels = class_grid_labels(cfg.model.num_classes, per_class) if cfg.model.num_classes else None
         n = len(labels) if labels is not None else cfg.sample.n_grid
         return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, sampler=cfg.sample.sampler,
-                        steps=cfg.sample.steps, spacing=cfg.sample.spacing, guidance=cfg.sample.guidance)
+                        steps=cfg.sample.steps, spacing=cfg.sample.spacing, guidance=cfg.sample.guidance,
+                        bf16=cfg.train.mixed_precision == "bf16")
 
     trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(), sample_fn=sample_fn,
                       cpu=cpu)

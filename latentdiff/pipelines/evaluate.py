@@ -43,7 +43,7 @@ def evaluate_model(denoiser: Denoiser, cfg: RunConfig, n: int = 1000, *, sampler
     labels = balanced_labels(n, cfg.model.num_classes) if cfg.model.num_classes else None
     start = time.perf_counter()
     images = generate(denoiser, n, class_labels=labels, sampler=sampler, steps=steps, spacing=spacing,
-                      guidance=guidance, seed=seed, progress=progress)
+                      guidance=guidance, seed=seed, progress=progress, bf16=cfg.train.mixed_precision == "bf16")
     seconds = time.perf_counter() - start
     report = evaluate_images(images, labels, cfg, seed=seed)
     report.update(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,

@@ -1,4 +1,10 @@
-"""Stateless samplers ``sample_<name>(denoise, x, sigmas, *, cond, generator, callback) -> x`` and their registry."""
+"""Stateless samplers ``sample_<name>(denoise, x, sigmas, *, cond, generator, callback, **opts) -> x`` and their registry.
+
+Every sampler takes a descending float64 grid ``sigmas`` ending in 0 (``schedules.sigma_grid`` with
+any spacing), x (B, ...) at sigmas[0], and returns the sample at sigma = 0. Final-step handling:
+all of them end with the data prediction at the last nonzero sigma (the "x0 jump"; for ddpm/ddim
+the posterior step to 0 is that same jump). ``MIN_STEPS`` is each sampler's order: fewer steps raise.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,31 @@ import torch
 from latentdiff.sampling.ddim import sample_ddim, sample_dpmpp_2m
 from latentdiff.sampling.ddpm import sample_ddpm, sample_ddpm_literal
 from latentdiff.sampling.guidance import CFGDenoiser
+from latentdiff.sampling.multistep import sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_lms, sample_unipc_bh2
+from latentdiff.sampling.ode import sample_euler, sample_euler_a, sample_heun
+from latentdiff.sampling.score import sample_langevin, sample_pc
 
 SAMPLERS = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "ddim_eta1": functools.partial(sample_ddim, eta=1.0),
     "dpmpp_2m": sample_dpmpp_2m,
+    "euler": sample_euler,
+    "euler_a": sample_euler_a,
+    "heun": sample_heun,
+    "dpmpp_3m": sample_dpmpp_3m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "unipc_bh2": sample_unipc_bh2,
+    "lms": sample_lms,
+    "langevin": sample_langevin,
+    "pc": sample_pc,
+}
+
+# Model calls for a grid of n steps (n + 1 sigmas), with the samplers' default options.
+NFE_OF_STEPS = {
+    "heun": lambda n, **o: 2 * n - 1,
+    "langevin": lambda n, n_steps_each=100, **o: n * n_steps_each + 1,
+    "pc": lambda n, n_corrector=1, **o: n + n_corrector * (n - 1),
 }
 
 
@@ -25,10 +50,22 @@ def get_sampler(name: str):
     return SAMPLERS[name]
 
 
+def steps_for_nfe(name: str, nfe: int, **opts) -> int:
+    """The largest step count whose model-call count (``NFE_OF_STEPS``, default one per step) is <= nfe."""
+    get_sampler(name)
+    cost = NFE_OF_STEPS.get(name, lambda n, **o: n)
+    n = 1
+    while cost(n + 1, **opts) <= nfe:
+        n += 1
+    return n
+
+
 def prior_noise(shape, sigma_max: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """x_T for a VP model in the VE view: N(0, (1 + sigma_max^2) I). Drawn on the CPU (DESIGN.md: seeds)."""
     return torch.randn(shape, generator=generator) * (1 + sigma_max**2) ** 0.5
 
 
-__all__ = ["SAMPLERS", "get_sampler", "prior_noise", "CFGDenoiser", "sample_ddpm", "sample_ddpm_literal",
-           "sample_ddim", "sample_dpmpp_2m"]
+__all__ = ["SAMPLERS", "NFE_OF_STEPS", "get_sampler", "steps_for_nfe", "prior_noise", "CFGDenoiser",
+           "sample_ddpm", "sample_ddpm_literal", "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_euler_a",
+           "sample_heun", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc_bh2", "sample_lms",
+           "sample_langevin", "sample_pc"]

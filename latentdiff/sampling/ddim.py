@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import torch
 
+from latentdiff.sampling.ode import call_denoiser, check_grid, randn_like
+
 
 @torch.no_grad()
 def sample_ddim(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None, callback=None,
                 eta: float = 0.0) -> torch.Tensor:
     """x (B, ...) at sigmas[0] -> sample at sigmas[-1] (0). One model call per step."""
+    check_grid(sigmas, 1, "ddim")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, sigma.to(x.dtype).expand(x.shape[0]).to(x.device), cond)
+        x0 = call_denoiser(denoise, x, sigma, cond)
         if callback is not None:
             callback(i, sigma, x, x0)
         eps_hat = (x - x0) / sigma.to(x.dtype)
         c = eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt()
         x = x0 + (sigma_next**2 - c**2).sqrt().to(x.dtype) * eps_hat
         if eta > 0 and sigma_next > 0:
-            x = x + c.to(x.dtype) * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            x = x + c.to(x.dtype) * randn_like(x, generator)
     return x
 
 
@@ -35,10 +38,11 @@ def sample_dpmpp_2m(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None
     With h = lambda_next - lambda and r = h_prev / h, the data prediction is extrapolated
     as D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} and x_next = (sigma_next/sigma) x - expm1(-h) D.
     """
+    check_grid(sigmas, 1, "dpmpp_2m")
     x0_prev, h_prev = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoise(x, sigma.to(x.dtype).expand(x.shape[0]).to(x.device), cond)
+        x0 = call_denoiser(denoise, x, sigma, cond)
         if callback is not None:
             callback(i, sigma, x, x0)
         if sigma_next == 0:

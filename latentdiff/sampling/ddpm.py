@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from latentdiff.sampling.ode import check_grid, randn_like
+
 VARIANCES = ("small", "large", "learned")
 
 
@@ -36,7 +38,7 @@ def sample_ddpm_literal(eps_model, betas: torch.Tensor, x_T: torch.Tensor, *, ge
     x = x_T
     for t in range(len(betas), 0, -1):
         i = t - 1
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if t > 1 else torch.zeros_like(x)
+        z = randn_like(x, generator) if t > 1 else torch.zeros_like(x)
         if variance == "large" or t == 1:
             var = betas[i]
         else:
@@ -63,6 +65,7 @@ def ancestral_variance(sigma: torch.Tensor, sigma_next: torch.Tensor, variance: 
 def sample_ddpm(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None, callback=None,
                 variance: str = "small") -> torch.Tensor:
     """Algorithm 2 in the sigma form (DESIGN.md section 3). x (B, ...) = noise * sqrt(1 + sigmas[0]^2)."""
+    check_grid(sigmas, 1, "ddpm")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         s = sigma.to(x.dtype).expand(x.shape[0]).to(x.device)
@@ -74,7 +77,7 @@ def sample_ddpm(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, ge
             callback(i, sigma, x, x0)
         mean = x0 + (sigma_next**2 / sigma**2).to(x.dtype) * (x - x0)
         if sigma_next > 0:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            z = randn_like(x, generator)
             var = ancestral_variance(sigma, sigma_next, variance, v_frac)
             x = mean + torch.as_tensor(var, dtype=x.dtype, device=x.device).sqrt() * z
         else:

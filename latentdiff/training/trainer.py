@@ -250,7 +250,7 @@ class Trainer:
                 loss, logs, stop = self._train_step()
                 window.add(loss, logs)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.set_postfix(loss=f"{loss:.4f}", **self._budget_postfix())
                 if self.step % cfg.log_every == 0:
                     self._log(window)
                 if self.step % cfg.checkpoint_every == 0:
@@ -321,6 +321,12 @@ class Trainer:
             self.save()
         if self._sampled_step != self.step:
             self._sample()
+
+    def _budget_postfix(self) -> dict[str, str]:
+        """With a time budget the step total says little: show minutes used / budget."""
+        if self.cfg.max_minutes is None:
+            return {}
+        return {"min": f"{self.elapsed_s() / 60:.1f}/{self.cfg.max_minutes:g}"}
 
     def elapsed_s(self) -> float:
         """Training time in seconds, including earlier runs of this folder."""

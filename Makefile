@@ -1,0 +1,38 @@
+# Setup, demo and tests on a fresh Debian machine (Python 3.11, no GPU needed).
+# TORCH names the PyTorch build to install first; a GPU machine can pass its own,
+# e.g. `make demo TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data demo test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)   # first, so nothing below pulls another torch build
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed data
+
+data:
+	@if [ -z "$$LATENTDIFF_FMNIST" ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: setup
+	$(BIN)/latentdiff demo --out demo_out
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/quality_vs_diffusers.py --json benchmarks/results/quality_vs_diffusers.json
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,184 @@
+"""Multistep samplers: DPM-Solver++(3M), SDE-DPM-Solver++(2M), UniPC-bh2, and linear multistep (LMS).
+
+The exponential integrators work in lambda = -log sigma with the data prediction m(lambda) = D(x, sigma).
+On a step sigma -> sigma_next, h = log(sigma / sigma_next) > 0, the PF-ODE solution is exactly
+(Lu et al. 2022b, "DPM-Solver++", eq. 8 in the VE view, alpha = 1)
+
+    x_next = e^{-h} x + (1 - e^{-h}) m + g_1(h) m' + g_2(h) m'' + ...,
+    g_k(h) = e^{-h} int_0^h e^u u^k / k! du:   g_1 = h + expm1(-h),  g_2 = h^2/2 - h - expm1(-h),
+
+with m^(k) the lambda-derivatives at the current point, estimated from earlier model outputs (no
+extra model calls). A multistep method of order p needs p model outputs of history, so each sampler
+raises ValueError for fewer than p steps. One model call per step.
+
+Final step. m is extrapolated in lambda, and lambda = inf at sigma = 0, so every sampler here ends
+with the x0 jump: the output is D(x, sigmas[-2]) at the last nonzero sigma, the same final
+handling as the reference ODE solution in latentdiff/eval/gmm.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from latentdiff.sampling.ode import call_denoiser, check_grid, randn_like
+
+
+def _g1(h: float) -> float:
+    return h + float(np.expm1(-h))
+
+
+def _g2(h: float) -> float:
+    return h * h / 2 - h - float(np.expm1(-h))
+
+
+@torch.no_grad()
+def sample_dpmpp_3m(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                    callback=None) -> torch.Tensor:
+    """DPM-Solver++(3M): multistep third order in lambda (Lu et al. 2022b, section 4 / Appendix, data prediction).
+
+    With the previous steps h1, h2 and outputs m0 (now), m1, m2, the divided differences
+    f1 = (m0 - m1)/h1, f1b = (m1 - m2)/h2, f2 = (f1 - f1b)/(h1 + h2) give m' = f1 + h1 f2 and
+    m'' = 2 f2 (Newton interpolation through three points). Orders 1, 2, 3 in the first three steps.
+    x (B, ...) at sigmas[0] -> sample (B, ...). Needs >= 3 steps; NFE = steps.
+    """
+    check_grid(sigmas, 3, "dpmpp_3m")
+    hist: list[tuple[torch.Tensor, float]] = []  # (m, h of the step that led to m's point), newest first
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        m0 = call_denoiser(denoise, x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, m0)
+        if sigma_next == 0:
+            return m0
+        h = float(torch.log(sigma / sigma_next))
+        x_next = float(np.exp(-h)) * x - float(np.expm1(-h)) * m0
+        if len(hist) >= 1:
+            (m1, h1) = hist[0]
+            f1 = (m0 - m1) / h1
+            if len(hist) >= 2:
+                (m2, h2) = hist[1]
+                f2 = (f1 - (m1 - m2) / h2) / (h1 + h2)
+                x_next = x_next + _g1(h) * (f1 + h1 * f2) + _g2(h) * 2 * f2
+            else:
+                x_next = x_next + _g1(h) * f1
+        hist = [(m0, h)] + hist[:1]
+        x = x_next
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                        callback=None) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, section 5, eta = 1): second-order multistep for the reverse SDE.
+
+    x_next = e^{-2h} x + (1 - e^{-2h}) m0 + c1(h) m' + sigma_next sqrt(1 - e^{-2h}) z,
+    c1 = int_0^h 2 e^{-2(h-u)} u du = h + expm1(-2h)/2, m' = (m0 - m1)/h1. The first-order part is
+    DDPM's posterior step. x (B, ...) -> sample (B, ...). Needs >= 2 steps; NFE = steps.
+    """
+    check_grid(sigmas, 2, "dpmpp_2m_sde")
+    m1, h1 = None, None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        m0 = call_denoiser(denoise, x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, m0)
+        if sigma_next == 0:
+            return m0
+        h = float(torch.log(sigma / sigma_next))
+        x = float(np.exp(-2 * h)) * x - float(np.expm1(-2 * h)) * m0
+        if m1 is not None:
+            x = x + (h + float(np.expm1(-2 * h)) / 2) * (m0 - m1) / h1
+        x = x + float(sigma_next) * float(np.sqrt(-np.expm1(-2 * h))) * randn_like(x, generator)
+        m1, h1 = m0, h
+    return x
+
+
+@torch.no_grad()
+def sample_unipc_bh2(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                     callback=None) -> torch.Tensor:
+    """UniPC-2 with B(h) = expm1(h) ("bh2"; Zhao et al. 2023, Algorithms 1-2, data prediction).
+
+    Residual form: x_next = e^{-h} x + (1 - e^{-h}) m0 + B(h) sum_j a_j (m(r_j) - m0) / r_j,
+    B(h) = 1 - e^{-h} (expm1 in the paper's sign convention), r_j = (lambda_j - lambda)/h.
+    The order conditions are sum_j a_j r_j^{k-1} = k! g_k(h) / (h^k B(h)), k = 1..#points.
+    UniP-2 (predictor) uses the previous output, r = -h1/h, with a = 1/2 (the leading term of that
+    condition, as in the paper: this is where the choice of B matters). UniC-2 (corrector) uses the
+    previous output and the fresh output at the predicted point (r = 1), solving the 2x2 system
+    exactly; it corrects x at no extra model call, and the fresh output is kept as history.
+    The corrector at the last nonzero sigma is skipped: its x would not be used by the x0 jump.
+    x (B, ...) -> sample (B, ...). Needs >= 2 steps; NFE = steps.
+    """
+    check_grid(sigmas, 2, "unipc_bh2")
+    prev = None  # (x, m, h, m_before, h_before) of the last predictor step
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        m0 = call_denoiser(denoise, x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, m0)
+        if sigma_next == 0:
+            return m0
+        if prev is not None:  # UniC: redo the last step with the fresh output m0 at r = 1
+            x_p, m_p, h_p, m_pp, h_pp = prev
+            x = _unipc_base(x_p, m_p, h_p) + _unic(m_p, h_p, m0, m_pp, h_pp)
+        h = float(torch.log(sigma / sigma_next))
+        x_next = _unipc_base(x, m0, h)
+        if prev is not None:  # UniP-2 with a = 1/2 on the previous output, r = -h_p / h
+            x_next = x_next + float(-np.expm1(-h)) * 0.5 * (prev[1] - m0) / (-prev[2] / h)
+        prev = (x, m0, h, prev[1] if prev is not None else None, prev[2] if prev is not None else None)
+        x = x_next
+    return x
+
+
+def _unipc_base(x: torch.Tensor, m0: torch.Tensor, h: float) -> torch.Tensor:
+    """The first-order (DDIM) part e^{-h} x + (1 - e^{-h}) m0."""
+    return float(np.exp(-h)) * x - float(np.expm1(-h)) * m0
+
+
+def _unic(m0, h: float, m_new, m_old, h_old) -> torch.Tensor:
+    """UniC's residual B(h) sum_j a_j (m_j - m0)/r_j for the step of size h that started at output m0."""
+    B = float(-np.expm1(-h))
+    if m_old is None:  # one point (r = 1): a = 1/2, the leading term of g_1 / (h B)
+        return B * 0.5 * (m_new - m0)
+    r = -h_old / h
+    R = np.array([[1.0, 1.0], [r, 1.0]])
+    b = np.array([_g1(h) / (h * B), 2 * _g2(h) / (h * h * B)])
+    a_old, a_new = np.linalg.solve(R, b)
+    return B * (float(a_old) * (m_old - m0) / r + float(a_new) * (m_new - m0))
+
+
+def lms_coefficients(nodes: list[float], a: float, b: float) -> list[float]:
+    """Integrals from a to b of the Lagrange basis polynomials on ``nodes`` (closed form via numpy.polynomial)."""
+    P = np.polynomial.polynomial
+    coeffs = []
+    for j, s_j in enumerate(nodes):
+        others = [s for k, s in enumerate(nodes) if k != j]
+        basis = P.polyfromroots(others) / np.prod([s_j - s for s in others]) if others else np.array([1.0])
+        antider = P.polyint(basis)
+        coeffs.append(float(P.polyval(b, antider) - P.polyval(a, antider)))
+    return coeffs
+
+
+@torch.no_grad()
+def sample_lms(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+               callback=None, order: int = 4) -> torch.Tensor:
+    """Linear multistep (Adams-Bashforth on the nonuniform sigma grid) for dx/dsigma = (x - D)/sigma.
+
+    x_{i+1} = x_i + sum_j c_j d_{i-j}, c_j = int_{sigma_i}^{sigma_{i+1}} L_j(s) ds with L_j the Lagrange
+    basis on the last min(i+1, order) nodes (Karras et al. 2022, section 3 mentions it; k-diffusion's
+    ``lms``). x (B, ...) -> sample (B, ...). Needs >= order steps; NFE = steps; ends with the x0 jump.
+    """
+    check_grid(sigmas, order, "lms")
+    ds: list[torch.Tensor] = []
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = call_denoiser(denoise, x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, x0)
+        if sigma_next == 0:
+            return x0
+        ds = [(x - x0) / sigma.to(x.dtype)] + ds[: order - 1]
+        nodes = [float(s) for s in sigmas[i - len(ds) + 1: i + 1].flip(0)]
+        for c, d in zip(lms_coefficients(nodes, float(sigma), float(sigma_next)), ds):
+            x = x + c * d
+    return x

@@ -1,0 +1,118 @@
+"""One-step samplers in sigma: Euler, Euler-ancestral, Heun with churn (Karras et al. 2022, "EDM").
+
+All samplers here integrate the probability-flow ODE of the variance-exploding view,
+
+    dx/dsigma = d(x, sigma) = (x - D(x, sigma)) / sigma            (EDM eq. 3 with s(t) = 1, sigma(t) = t),
+
+on a descending float64 grid ``sigmas`` ending in 0, x (B, ...) given at sigmas[0].
+
+Final step. A step to sigma = 0 with Euler is x + (0 - sigma) (x - x0)/sigma = x0: every sampler
+in this file ends with the data prediction at the last nonzero sigma (the "x0 jump"), as EDM
+Algorithm 1/2 do (their last step is Euler). The helpers below are shared by the other sampler files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_grid(sigmas: torch.Tensor, min_steps: int, name: str) -> int:
+    """Validate a descending sigma grid ending in 0 and return its number of steps ``len(sigmas) - 1``.
+
+    Raises ValueError when the grid has fewer than ``min_steps`` steps (the order of a multistep
+    method needs that much history; we never fall back silently) or is not strictly descending
+    (a repeated sigma makes the step h = 0 and a multistep ratio h_prev / h infinite).
+    """
+    n = len(sigmas) - 1
+    if n < min_steps:
+        raise ValueError(f"{name} needs at least {min_steps} steps (its order), got {n}")
+    if float(sigmas[-1]) != 0.0:
+        raise ValueError(f"{name}: sigmas must end in 0, got {float(sigmas[-1])}")
+    if not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise ValueError(f"{name}: sigmas must be strictly descending (no repeated sigma)")
+    return n
+
+
+def call_denoiser(denoise, x: torch.Tensor, sigma, cond) -> torch.Tensor:
+    """D(x (B, ...), sigma as a (B,) tensor of x's dtype and device, cond) -> x0_hat (B, ...)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64).to(x.dtype).to(x.device).expand(x.shape[0])
+    return denoise(x, s, cond)
+
+
+def randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on the CPU generator (DESIGN.md: seeds)."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+
+
+@torch.no_grad()
+def sample_euler(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                 callback=None) -> torch.Tensor:
+    """Euler's method on the PF-ODE (EDM Algorithm 1 without its 2nd-order correction). First order.
+
+    x (B, ...) at sigmas[0] -> sample (B, ...). NFE = steps; the step to 0 is the x0 jump.
+    """
+    check_grid(sigmas, 1, "euler")
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = call_denoiser(denoise, x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, x0)
+        d = (x - x0) / sigma.to(x.dtype)
+        x = x + (sigma_next - sigma).to(x.dtype) * d
+    return x
+
+
+@torch.no_grad()
+def sample_euler_a(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                   callback=None, eta: float = 1.0) -> torch.Tensor:
+    """Euler-ancestral: an Euler ODE step down to sigma_down, then fresh noise of std sigma_up.
+
+    The ancestral split (Ho et al. 2020's posterior in the VE view, as in DDIM eq. 16) is
+    sigma_up = eta * sigma_next sqrt(1 - sigma_next^2/sigma^2), sigma_down = sqrt(sigma_next^2 - sigma_up^2);
+    at eta = 1 this step equals DDPM's ``small`` variance step and DDIM(eta=1) exactly.
+    x (B, ...) at sigmas[0] -> sample (B, ...). NFE = steps; the step to 0 is the x0 jump.
+    """
+    check_grid(sigmas, 1, "euler_a")
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = call_denoiser(denoise, x, sigma, cond)
+        if callback is not None:
+            callback(i, sigma, x, x0)
+        sigma_up = min(float(sigma_next), eta * float(sigma_next * (1 - sigma_next**2 / sigma**2).sqrt()))
+        sigma_down = math.sqrt(float(sigma_next) ** 2 - sigma_up**2)
+        x = x + (sigma_down - float(sigma)) * (x - x0) / float(sigma)
+        if sigma_up > 0:
+            x = x + sigma_up * randn_like(x, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None, callback=None,
+                S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
+                S_noise: float = 1.0) -> torch.Tensor:
+    """EDM Algorithm 2 (Karras et al. 2022): Heun's 2nd-order method with stochastic churn.
+
+    At each sigma_i in [S_tmin, S_tmax] the noise level is raised to t_hat = sigma_i (1 + gamma),
+    gamma = min(S_churn / N, sqrt(2) - 1), by adding noise of std S_noise sqrt(t_hat^2 - sigma_i^2);
+    then one Heun step to sigma_{i+1}. S_churn = 0 (default) is the deterministic EDM Algorithm 1.
+    x (B, ...) at sigmas[0] -> sample (B, ...). NFE = 2 steps - 1: the step to 0 is Euler (the x0 jump).
+    """
+    n = check_grid(sigmas, 2, "heun")
+    for i in range(n):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        gamma = min(S_churn / n, math.sqrt(2) - 1) if S_tmin <= sigma <= S_tmax else 0.0
+        t_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + S_noise * math.sqrt(t_hat**2 - sigma**2) * randn_like(x, generator)
+        x0 = call_denoiser(denoise, x, t_hat, cond)
+        if callback is not None:
+            callback(i, sigmas[i], x, x0)
+        d = (x - x0) / t_hat
+        x_next = x + (sigma_next - t_hat) * d
+        if sigma_next > 0:  # trapezoidal correction with the slope at the Euler endpoint
+            d_next = (x_next - call_denoiser(denoise, x_next, sigma_next, cond)) / sigma_next
+            x_next = x + (sigma_next - t_hat) * 0.5 * (d + d_next)
+        x = x_next
+    return x
