@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/latentdiff demo --out demo_out
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python benchmarks/quality_vs_diffusers.py --json benchmarks/results/quality_vs_diffusers.json

@@ -28,7 +28,7 @@ def read_metrics(metrics_jsonl_path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def smooth(values: list[float], beta: float = 0.9) -> list[float]:
+def smooth(values: list[float], beta: float = 0.6) -> list[float]:
     """Bias-corrected exponential moving average (as in Adam's moment estimates)."""
     out, avg = [], 0.0
     for i, v in enumerate(values, start=1):
