@@ -12,10 +12,11 @@ import functools
 
 import torch
 
-from latentdiff.sampling.ddim import sample_ddim, sample_dpmpp_2m
+from latentdiff.sampling.ddim import sample_ddim
 from latentdiff.sampling.ddpm import sample_ddpm, sample_ddpm_literal
 from latentdiff.sampling.guidance import CFGDenoiser
-from latentdiff.sampling.multistep import sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_lms, sample_unipc_bh2
+from latentdiff.sampling.multistep import (sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_lms,
+                                           sample_unipc_bh2)
 from latentdiff.sampling.ode import sample_euler, sample_euler_a, sample_heun
 from latentdiff.sampling.score import sample_langevin, sample_pc
 

@@ -1,4 +1,4 @@
-"""Multistep samplers: DPM-Solver++(3M), SDE-DPM-Solver++(2M), UniPC-bh2, and linear multistep (LMS).
+"""Multistep samplers: DPM-Solver++(2M) and (3M), SDE-DPM-Solver++(2M), UniPC-bh2, and linear multistep (LMS).
 
 The exponential integrators work in lambda = -log sigma with the data prediction m(lambda) = D(x, sigma).
 On a step sigma -> sigma_next, h = log(sigma / sigma_next) > 0, the PF-ODE solution is exactly
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from latentdiff.sampling.ode import call_denoiser, check_grid, randn_like
+from latentdiff.sampling.ode import check_grid, denoise_step, randn_like
 
 
 def _g1(h: float) -> float:
@@ -30,6 +30,32 @@ def _g1(h: float) -> float:
 
 def _g2(h: float) -> float:
     return h * h / 2 - h - float(np.expm1(-h))
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                    callback=None) -> torch.Tensor:
+    """DPM-Solver++(2M), multistep second order in lambda = -log sigma; the last step to sigma = 0 is x0.
+
+    With h = lambda_next - lambda and r = h_prev / h, the data prediction is extrapolated
+    as D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} and x_next = (sigma_next/sigma) x - expm1(-h) D.
+    """
+    check_grid(sigmas, 1, "dpmpp_2m")
+    x0_prev, h_prev = None, None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = denoise_step(denoise, x, sigmas, i, cond, callback)
+        if sigma_next == 0:
+            x = x0
+            break
+        h = torch.log(sigma / sigma_next)
+        d = x0
+        if x0_prev is not None:
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)).to(x.dtype) * x0 - (1 / (2 * r)).to(x.dtype) * x0_prev
+        x = (sigma_next / sigma).to(x.dtype) * x - torch.expm1(-h).to(x.dtype) * d
+        x0_prev, h_prev = x0, h
+    return x
 
 
 @torch.no_grad()
@@ -46,9 +72,7 @@ def sample_dpmpp_3m(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None
     hist: list[tuple[torch.Tensor, float]] = []  # (m, h of the step that led to m's point), newest first
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        m0 = call_denoiser(denoise, x, sigma, cond)
-        if callback is not None:
-            callback(i, sigma, x, m0)
+        m0 = denoise_step(denoise, x, sigmas, i, cond, callback)
         if sigma_next == 0:
             return m0
         h = float(torch.log(sigma / sigma_next))
@@ -80,9 +104,7 @@ def sample_dpmpp_2m_sde(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=
     m1, h1 = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        m0 = call_denoiser(denoise, x, sigma, cond)
-        if callback is not None:
-            callback(i, sigma, x, m0)
+        m0 = denoise_step(denoise, x, sigmas, i, cond, callback)
         if sigma_next == 0:
             return m0
         h = float(torch.log(sigma / sigma_next))
@@ -113,9 +135,7 @@ def sample_unipc_bh2(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=Non
     prev = None  # (x, m, h, m_before, h_before) of the last predictor step
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        m0 = call_denoiser(denoise, x, sigma, cond)
-        if callback is not None:
-            callback(i, sigma, x, m0)
+        m0 = denoise_step(denoise, x, sigmas, i, cond, callback)
         if sigma_next == 0:
             return m0
         if prev is not None:  # UniC: redo the last step with the fresh output m0 at r = 1
@@ -172,9 +192,7 @@ def sample_lms(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, gen
     ds: list[torch.Tensor] = []
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = call_denoiser(denoise, x, sigma, cond)
-        if callback is not None:
-            callback(i, sigma, x, x0)
+        x0 = denoise_step(denoise, x, sigmas, i, cond, callback)
         if sigma_next == 0:
             return x0
         ds = [(x - x0) / sigma.to(x.dtype)] + ds[: order - 1]

@@ -41,6 +41,14 @@ def call_denoiser(denoise, x: torch.Tensor, sigma, cond) -> torch.Tensor:
     return denoise(x, s, cond)
 
 
+def denoise_step(denoise, x: torch.Tensor, sigmas: torch.Tensor, i: int, cond, callback) -> torch.Tensor:
+    """The first move of every sampler step: x0_hat = D(x, sigmas[i]), reported to ``callback(i, sigma, x, x0_hat)``."""
+    x0 = call_denoiser(denoise, x, sigmas[i], cond)
+    if callback is not None:
+        callback(i, sigmas[i], x, x0)
+    return x0
+
+
 def randn_like(x: torch.Tensor, generator) -> torch.Tensor:
     """Standard normal noise shaped like x, drawn on the CPU generator (DESIGN.md: seeds)."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -56,9 +64,7 @@ def sample_euler(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, g
     check_grid(sigmas, 1, "euler")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = call_denoiser(denoise, x, sigma, cond)
-        if callback is not None:
-            callback(i, sigma, x, x0)
+        x0 = denoise_step(denoise, x, sigmas, i, cond, callback)
         d = (x - x0) / sigma.to(x.dtype)
         x = x + (sigma_next - sigma).to(x.dtype) * d
     return x
@@ -77,9 +83,7 @@ def sample_euler_a(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None,
     check_grid(sigmas, 1, "euler_a")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = call_denoiser(denoise, x, sigma, cond)
-        if callback is not None:
-            callback(i, sigma, x, x0)
+        x0 = denoise_step(denoise, x, sigmas, i, cond, callback)
         sigma_up = min(float(sigma_next), eta * float(sigma_next * (1 - sigma_next**2 / sigma**2).sqrt()))
         sigma_down = math.sqrt(float(sigma_next) ** 2 - sigma_up**2)
         x = x + (sigma_down - float(sigma)) * (x - x0) / float(sigma)
