@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from latentdiff.data import build_dataset
 from latentdiff.nn import count_parameters
 from latentdiff.pipelines import build_backbone, evaluate_model, load_denoiser, train_run
+from latentdiff.pipelines.diffusion import samples_in_bf16
 from latentdiff.pipelines.evaluate import balanced_labels, evaluate_images
 from latentdiff.presets import get_preset
 from latentdiff.training import EMA, build_optimizer, warmup_schedule
@@ -116,7 +117,7 @@ def main() -> None:
 
     cfg = get_preset("fmnist-ddpm")
     cfg = cfg.replace(train=cfg.train.replace(max_minutes=args.minutes))
-    bf16 = cfg.train.mixed_precision == "bf16"
+    bf16 = samples_in_bf16(cfg)
     run = Path(args.out)
     ours_params = count_parameters(build_backbone(cfg))
 

@@ -24,6 +24,11 @@ def build_backbone(cfg: RunConfig) -> UNet:
     return UNet(cfg.model, learned_variance=cfg.diffusion.learned_variance)
 
 
+def samples_in_bf16(cfg: RunConfig) -> bool:
+    """Sample under bf16 autocast exactly when the run trained under it."""
+    return cfg.train.mixed_precision == "bf16"
+
+
 def make_denoiser(net: nn.Module, cfg: RunConfig) -> Denoiser:
     schedule = DiscreteSchedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     return Denoiser(net, schedule, cfg.diffusion.parameterisation, cfg.diffusion.learned_variance)
@@ -94,7 +99,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, chan
         n = len(labels) if labels is not None else cfg.sample.n_grid
         return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, sampler=cfg.sample.sampler,
                         steps=cfg.sample.steps, spacing=cfg.sample.spacing, guidance=cfg.sample.guidance,
-                        bf16=cfg.train.mixed_precision == "bf16")
+                        bf16=samples_in_bf16(cfg))
 
     trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(), sample_fn=sample_fn,
                       cpu=cpu)

@@ -8,7 +8,7 @@ import torch
 
 from latentdiff.data import build_dataset
 from latentdiff.eval import class_accuracy, fd_with_floor, load_or_train_classifier
-from latentdiff.pipelines.diffusion import generate
+from latentdiff.pipelines.diffusion import generate, samples_in_bf16
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
 
@@ -43,7 +43,7 @@ def evaluate_model(denoiser: Denoiser, cfg: RunConfig, n: int = 1000, *, sampler
     labels = balanced_labels(n, cfg.model.num_classes) if cfg.model.num_classes else None
     start = time.perf_counter()
     images = generate(denoiser, n, class_labels=labels, sampler=sampler, steps=steps, spacing=spacing,
-                      guidance=guidance, seed=seed, progress=progress, bf16=cfg.train.mixed_precision == "bf16")
+                      guidance=guidance, seed=seed, progress=progress, bf16=samples_in_bf16(cfg))
     seconds = time.perf_counter() - start
     report = evaluate_images(images, labels, cfg, seed=seed)
     report.update(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
