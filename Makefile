@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test bench bench-fmnist-samplers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/quality_vs_diffusers.py --json benchmarks/results/quality_vs_diffusers.json
+	$(BIN)/python benchmarks/samplers_vs_diffusers.py --nfe 5 8 10 20 25 \
+		--json benchmarks/results/samplers_vs_diffusers.json --png docs/samplers_vs_diffusers.png
+
+# needs the demo's checkpoint (make demo)
+bench-fmnist-samplers: setup
+	$(BIN)/python benchmarks/fmnist_fd_vs_nfe.py demo_out/checkpoint --json benchmarks/results/fmnist_fd_vs_nfe.json
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -17,13 +17,19 @@ Every run starts from the same VP-scaled x_T / sqrt(1 + sigma_max^2) (times each
 sigma is below sigma_max (``leading`` spacing in both libraries, e.g. diffusers' DDIM/DDPM default)
 thus treats x_T as if it were at its first timestep and is charged that error, as in real use.
 
+Fitted grids. For FIT_SAMPLERS latentdiff also runs a grid fitted to this mixture
+(``latentdiff.sampling.fitted``): Nelder-Mead on a pilot batch of --n-pilot x_T drawn from other
+seeds (seed + 5000), scored against their own reference ODE solutions, then applied unchanged to
+the scored x_T. Its JSON run records the pilot size, the pilot's model calls (a one-off cost per
+mixture, sampler and NFE, not counted in ``nfe``) and the fitted sigmas.
+
 NFE counts real model calls in both libraries; a sampler is skipped at an NFE it cannot hit exactly
 (e.g. Heun: 2 steps - 1 calls, so no even NFE; multistep orders above the step count) and the reason
 is recorded. ODE-RMSE (per coordinate) is reported for deterministic samplers only (null for
 stochastic ones); SW2 to fresh true samples for all, with its floor.
 
     python benchmarks/samplers_vs_diffusers.py [--dim 64] [--components 8] [--schedule linear] [--n 5000]
-        [--seed 0] [--json PATH] [--png PATH]
+        [--seed 0] [--n-pilot 4000] [--max-evals 300] [--fit-samplers dpmpp_3m unipc_bh3] [--json PATH] [--png PATH]
 """
 
 from __future__ import annotations
@@ -32,18 +38,23 @@ import argparse
 import inspect
 import json
 import math
+import sys
+import time
 import warnings
 
 import torch
 
 from latentdiff.eval.gmm import GMMDenoiser, make_gmm, reference_ode, sliced_w2
 from latentdiff.sampling import NFE_OF_STEPS, get_sampler, steps_for_nfe
+from latentdiff.sampling.fitted import fit_sigmas
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
 
 NFES = (3, 4, 5, 6, 8, 10, 15, 20, 25, 50)
 STOCHASTIC = {"ddpm", "ddim_eta1", "euler_a", "dpmpp_2m_sde", "EulerAncestral", "DDPM"}
-OURS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "lms", "euler", "heun", "euler_a", "ddpm", "dpmpp_2m_sde")
+OURS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc_bh2", "unipc_bh3", "lms", "euler", "heun", "euler_a", "ddpm", "dpmpp_2m_sde")
 OUR_SPACINGS = ("trailing", "karras", "logsnr", "balanced")
+FIT_SAMPLERS = ("dpmpp_3m", "unipc_bh3")  # grids fitted on a pilot batch (latentdiff.sampling.fitted)
+PILOT_SEED_OFFSET = 5_000  # pilot noise seeds never overlap the scored x_T (seed) or the true sets (seed + 10000 + j)
 DDPM_SPACINGS = ("leading", "linspace")  # the DDPM/DDIM papers' own grids, tried for those two as well
 
 
@@ -81,6 +92,25 @@ def run_ours(name, spacing, nfe, gmm, schedule, x_vp, seed):
     except ValueError as e:
         return None, str(e)
     return out, D.calls
+
+
+def make_pilot(gmm, schedule, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pilot (x_T (n, D), reference (n, D)) for fitting grids: the same construction as the test x_T, other seeds."""
+    g = torch.Generator().manual_seed(seed)
+    x_T = gmm.sample(n, g)[0] + schedule.sigma_max * torch.randn(n, gmm.dim, generator=g, dtype=torch.float64)
+    return x_T, reference_ode(gmm, x_T, schedule.sigma_max, schedule.sigma_min)
+
+
+def run_fitted(name, nfe, gmm, schedule, pilot, x_T, ref, true, max_evals) -> dict:
+    """Fit an nfe-call grid for sampler ``name`` on the pilot (``latentdiff.sampling.fitted``), then score it on x_T."""
+    starts = {sp: sigma_grid(schedule, nfe, sp) for sp in OUR_SPACINGS}
+    fit = fit_sigmas(get_sampler(name), GMMDenoiser(gmm), *pilot, starts, schedule.sigma_min, max_evals)
+    D = GMMDenoiser(gmm)
+    out = get_sampler(name)(D, x_T.clone(), fit.sigmas)
+    return {"library": "latentdiff", "sampler": name, "schedule": "fitted", "nfe": D.calls, **score(out, name, ref, true),
+            "pilot": {"n": len(pilot[0]), "calls": fit.pilot_calls, "rmse": fit.pilot_rmse,
+                      "start": fit.start_spacing, "start_rmse": fit.start_rmse},
+            "sigmas": [round(float(v), 5) for v in fit.sigmas]}
 
 
 def run_diffusers(cls, config, spacing, nfe, gmm, schedule, x_vp, seed):
@@ -123,12 +153,15 @@ def run_all(args) -> dict:
     true, true2 = (gmm.sample(args.n, torch.Generator().manual_seed(args.seed + 10_000 + j))[0] for j in range(2))
     ref = reference_ode(gmm, x_T, schedule.sigma_max, schedule.sigma_min)
     x_vp = x_T / math.sqrt(1 + schedule.sigma_max**2)
+    pilot = make_pilot(gmm, schedule, args.n_pilot, args.seed + PILOT_SEED_OFFSET) if args.n_pilot else None
     runs, skipped = [], []
     configs = [("latentdiff", s, sp, None) for s in OURS
                for sp in OUR_SPACINGS + (DDPM_SPACINGS if s in ("ddim", "ddpm") else ())]
     configs += [("diffusers", s, sp, v) for s, v in diffusers_schedulers().items()
                 for sp in ((None, "trailing") if s != "DPM-singlestep" else (None,))]
+    start = time.perf_counter()
     for nfe in args.nfe:
+        print(f"NFE {nfe} ({time.perf_counter() - start:.0f} s so far)", file=sys.stderr, flush=True)
         for lib, name, spacing, dcfg in configs:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -145,13 +178,16 @@ def run_all(args) -> dict:
                 continue
             runs.append({"library": lib, "sampler": name, "schedule": label, "nfe": info,
                          **score(out, name, ref, true)})
+        for name in args.fit_samplers if pilot else ():
+            runs.append(run_fitted(name, nfe, gmm, schedule, pilot, x_T, ref, true, args.max_evals))
     return {"nfe": list(args.nfe), "floor": {"sw2": sliced_w2(true2, true)}, "runs": runs, "skipped": skipped,
             "config": {k: v for k, v in vars(args).items() if k not in ("json", "png")}}
 
 
-def best(doc: dict, lib: str, nfe: int, metric: str):
-    """The run of ``lib`` with the lowest ``metric`` at ``nfe``, or None."""
-    cands = [r for r in doc["runs"] if r["library"] == lib and r["nfe"] == nfe and r[metric] is not None]
+def best(doc: dict, lib: str, nfe: int, metric: str, fitted: bool = True):
+    """The run of ``lib`` with the lowest ``metric`` at ``nfe`` (fitted grids included or not), or None."""
+    cands = [r for r in doc["runs"] if r["library"] == lib and r["nfe"] == nfe and r[metric] is not None
+             and (fitted or r["schedule"] != "fitted")]
     return min(cands, key=lambda r: r[metric], default=None)
 
 
@@ -165,7 +201,9 @@ def print_tables(doc: dict) -> None:
             fa = f"{a[metric]:9.4f} {a['sampler'] + ' / ' + a['schedule']:<26}" if a else f"{'-':>9} {'':<26}"
             fb = f"{b[metric]:9.4f} {b['sampler'] + ' / ' + b['schedule']:<30}" if b else f"{'-':>9} {'':<30}"
             ratio = f"{a[metric] / b[metric]:.3f}" if a and b and b[metric] > 0 else "-"
-            print(f"{nfe:>4} | {fa} | {fb} | {ratio}")
+            c = best(doc, "latentdiff", nfe, metric, fitted=False)
+            fc = f"{c[metric]:.4f} {c['sampler']} / {c['schedule']}" if c else "-"
+            print(f"{nfe:>4} | {fa} | {fb} | {ratio}   (standard grids only: {fc})")
 
 
 def plot(doc: dict, path: str) -> None:
@@ -188,6 +226,10 @@ def plot(doc: dict, path: str) -> None:
             pts = [(n, b[metric]) for n in doc["nfe"] if (b := best(doc, lib, n, metric))]
             if pts:
                 ax.plot(*zip(*pts), color=c, lw=2.5, marker="o", label=f"best {lib}")
+        pts = [(n, b[metric]) for n in doc["nfe"] if (b := best(doc, "latentdiff", n, metric, fitted=False))]
+        if pts:
+            ax.plot(*zip(*pts), color=colours["latentdiff"], lw=1.5, ls="--", marker=".",
+                    label="best latentdiff, standard grids only")
         if metric == "sw2":
             ax.axhline(doc["floor"]["sw2"], color="k", ls="--", lw=1, label="SW2 floor")
         ax.set(xscale="log", yscale="log", xlabel="NFE (model calls)", ylabel=metric, title=metric)
@@ -207,6 +249,9 @@ def main() -> None:
     p.add_argument("--schedule", default="linear", choices=("linear", "cosine", "scaled-linear"))
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
+    p.add_argument("--n-pilot", type=int, default=4000, help="pilot batch for the fitted grids (0: no fitted runs)")
+    p.add_argument("--max-evals", type=int, default=300, help="Nelder-Mead pilot runs per start grid")
+    p.add_argument("--fit-samplers", nargs="*", default=list(FIT_SAMPLERS), help="samplers whose grid is fitted")
     p.add_argument("--json")
     p.add_argument("--png")
     args = p.parse_args()

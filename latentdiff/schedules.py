@@ -200,7 +200,10 @@ def sigma_grid(schedule: DiscreteSchedule, n: int, spacing: str = "trailing", rh
         return logsnr_sigmas(n, schedule.sigma_min, schedule.sigma_max)
     if spacing == "balanced":
         return balanced_sigmas(n, schedule.sigma_min, schedule.sigma_max)
+    if spacing == "fitted":
+        raise ValueError("the 'fitted' grid depends on the model: fit it with latentdiff.sampling.fitted.fit_sigmas "
+                         "(or generate(..., spacing='fitted'))")
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}, or 'fitted' to a model")
     ts = timesteps(schedule.T, n, spacing)
     return torch.cat([schedule.sigmas[ts], torch.zeros(1, dtype=torch.float64)])

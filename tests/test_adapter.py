@@ -34,7 +34,8 @@ def run_adapter(sched: SamplerScheduler, net, x_T, steps, generator=None):
 
 @pytest.mark.parametrize("name,spacing,param", [
     ("ddim", "trailing", "eps"), ("dpmpp_2m", "logsnr", "v"), ("euler", "karras", "x0"),
-    ("heun", "karras", "eps"), ("unipc_bh2", "logsnr", "eps"), ("euler_a", "trailing", "v"),
+    ("heun", "karras", "eps"), ("unipc_bh2", "logsnr", "eps"), ("unipc_bh3", "trailing", "v"),
+    ("euler_a", "trailing", "v"),
 ])
 def test_adapter_equals_stateless_sampler(name, spacing, param):
     schedule, net, steps = DiscreteSchedule("linear"), ToyNet(), 8

@@ -38,6 +38,21 @@ def test_sample_writes_a_grid(run_dir, tmp_path):
     assert Image.open(out).size[0] > 0
 
 
+def test_sample_trajectory_strip_and_fitted_grid(run_dir, tmp_path):
+    """--trajectory saves one row per sample and one column per step; --spacing fitted fits then samples."""
+    out, strip = tmp_path / "grid.png", tmp_path / "traj.png"
+    main(["sample", str(run_dir / "checkpoint"), "--n", "3", "--sampler", "unipc_bh3", "--steps", "4",
+          "--spacing", "fitted", "--out", str(out), "--trajectory", str(strip)])
+    assert Image.open(out).size[0] > 0
+    assert Image.open(strip).size[0] > Image.open(strip).size[1]  # 4 steps across, 3 samples down
+
+
+def test_step_count_below_the_order_is_an_error(run_dir, tmp_path):
+    with pytest.raises(SystemExit, match="needs at least 3 steps"):
+        main(["sample", str(run_dir / "checkpoint"), "--n", "2", "--sampler", "unipc_bh3", "--steps", "2",
+              "--out", str(tmp_path / "g.png")])
+
+
 def test_eval_reports_numbers(run_dir, tmp_path):
     out = tmp_path / "eval.json"
     main(["eval", str(run_dir / "checkpoint"), "--n", "30", "--steps", "3", "--json", str(out)])

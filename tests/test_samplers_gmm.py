@@ -32,13 +32,14 @@ def test_denoiser_contract_and_call_count():
 
 # Ranges where discretisation error dominates: at fewer steps trajectories of this mixture still
 # switch components (pre-asymptotic, RMSE falls erratically); at these step counts the error is
-# 1e-2..1e-5, far above the reference ODE's 1e-10 tolerance. UniPC-bh2's corrector (UniC) raises
-# its order from 2 to 3 (Zhao et al. 2023, Theorem 3.3), LMS is 4th order but starts at order 1.
+# 1e-2..1e-5, far above the reference ODE's 1e-10 tolerance. UniPC's corrector (UniC) raises
+# its order from p to p + 1 (Zhao et al. 2023, Theorem 3.3), LMS is 4th order but starts at order 1.
 ORDERS = {  # name: (NFEs, min slope, max slope)
     "euler": ([256, 512, 1024, 2048], 0.8, 1.3),
     "heun": ([63, 127, 255], 1.7, 2.5),
     "dpmpp_2m": ([64, 128, 256], 1.7, 2.5),
     "unipc_bh2": ([64, 128, 256], 1.8, 3.5),
+    "unipc_bh3": ([64, 128, 256], 3.5, 5.0),
     "dpmpp_3m": ([64, 128, 256], 2.5, 3.6),
     "lms": ([64, 128, 256], 2.8, 4.5),
 }

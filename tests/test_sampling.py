@@ -91,3 +91,21 @@ def test_learned_variance_sampling_runs_between_extremes():
 def test_unknown_sampler_lists_valid():
     with pytest.raises(ValueError, match="ddim"):
         get_sampler("nope")
+
+
+def test_trajectory_strip_keeps_the_first_batch_in_step_order(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from latentdiff.io.images import TrajectoryStrip
+
+    strip = TrajectoryStrip(rows=2)
+    x = torch.zeros(3, 1, 8, 8)
+    for i, value in enumerate((-1.0, 0.0, 1.0)):  # x0 predictions getting brighter step by step
+        strip(i, torch.tensor(10.0 / (i + 1)), x, torch.full((3, 1, 8, 8), value))
+    strip(0, torch.tensor(10.0), x, torch.full((3, 1, 8, 8), 0.5))  # a second batch: not recorded
+    assert [t.shape[0] for t in strip.x0s] == [2, 2, 2] and strip.sigmas == pytest.approx([10.0, 5.0, 10.0 / 3])
+    picture = np.asarray(Image.open(strip.save(tmp_path / "traj.png")).convert("L"), dtype=float)
+    body = picture[picture.shape[0] // 2:]  # below the caption band
+    thirds = [body[:, k * body.shape[1] // 3:(k + 1) * body.shape[1] // 3].mean() for k in range(3)]
+    assert thirds[0] < thirds[1] < thirds[2]  # columns are steps, left to right

@@ -36,7 +36,7 @@ def cmd_train(args) -> None:
 def cmd_sample(args) -> None:
     import torch
 
-    from latentdiff.io.images import save_grid
+    from latentdiff.io.images import TrajectoryStrip, save_grid
     from latentdiff.pipelines import generate, load_denoiser
 
     denoiser, cfg = load_denoiser(args.ckpt, use_ema=not args.no_ema)
@@ -49,12 +49,17 @@ def cmd_sample(args) -> None:
             labels = torch.full((args.n,), args.class_label)
         else:
             labels = torch.arange(args.n) % cfg.model.num_classes
+    strip = TrajectoryStrip(rows=min(args.n, 8)) if args.trajectory else None
     images = generate(denoiser, args.n, class_labels=labels, sampler=args.sampler or s.sampler,
                       steps=args.steps or s.steps, spacing=args.spacing or s.spacing,
-                      guidance=s.guidance if args.guidance is None else args.guidance, seed=args.seed, progress=True)
+                      guidance=s.guidance if args.guidance is None else args.guidance, seed=args.seed, progress=True,
+                      callback=strip)
     nrow = args.nrow or (cfg.model.num_classes if labels is not None and args.class_label is None else None)
     save_grid(images, args.out, nrow=nrow)
     print(f"wrote {args.out} ({args.n} images)")
+    if strip is not None:
+        strip.save(args.trajectory)
+        print(f"wrote {args.trajectory} (x0 predictions of {strip.rows} samples at {len(strip.sigmas)} steps)")
 
 
 def cmd_eval(args) -> None:
@@ -78,7 +83,8 @@ def cmd_demo(args) -> None:
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help="sampler name (default: the run's); see latentdiff.sampling.SAMPLERS")
     p.add_argument("--steps", type=int, help="number of sampling steps (default: the run's)")
-    p.add_argument("--spacing", help="sigma spacing: leading | trailing | linspace | karras")
+    p.add_argument("--spacing", help="sigma spacing: leading | trailing | linspace | karras | logsnr | balanced | fitted "
+                   "(fitted to this model on a pilot batch first; see latentdiff.sampling.fitted)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -104,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png")
     p.add_argument("--nrow", type=int)
     p.add_argument("--class-label", type=int, help="sample one class (default: all classes in turn)")
+    p.add_argument("--trajectory", metavar="PNG", help="also save the x0 prediction of each step (a row per sample)")
     _sampling_args(p)
     p.set_defaults(func=cmd_sample)
 

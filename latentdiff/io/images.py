@@ -92,6 +92,29 @@ def save_grid(
     return path
 
 
+class TrajectoryStrip:
+    """A sampler callback that keeps the x0 prediction of the first ``rows`` samples at every step.
+
+    ``save(path)`` writes a grid with one row per sample and one column per step (noisiest left),
+    captioned with the sigmas. Only the first batch a sampler sees is recorded.
+    """
+
+    def __init__(self, rows: int = 8):
+        self.rows, self.sigmas, self.x0s = rows, [], []
+
+    def __call__(self, i: int, sigma, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if i == len(self.x0s):
+            self.sigmas.append(float(sigma))
+            self.x0s.append(x0[: self.rows].detach().float().cpu())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        if not self.x0s:
+            raise ValueError("no steps were recorded")
+        strip = torch.stack(self.x0s, 1).flatten(0, 1)  # (rows * steps, C, H, W), row-major per sample
+        sigmas = ", ".join(f"{s:.3g}" for s in self.sigmas)
+        return save_grid(strip, path, nrow=len(self.x0s), caption=f"x0 prediction at sigma = {sigmas}")
+
+
 def _add_caption(picture: Image.Image, caption: str) -> Image.Image:
     """Return ``picture`` with ``caption`` written in a white band above it."""
     font = ImageFont.load_default()

@@ -16,7 +16,7 @@ from latentdiff.sampling.ddim import sample_ddim
 from latentdiff.sampling.ddpm import sample_ddpm, sample_ddpm_literal
 from latentdiff.sampling.guidance import CFGDenoiser
 from latentdiff.sampling.multistep import (sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_lms,
-                                           sample_unipc_bh2)
+                                           sample_unipc)
 from latentdiff.sampling.ode import sample_euler, sample_euler_a, sample_heun
 from latentdiff.sampling.score import sample_langevin, sample_pc
 
@@ -30,7 +30,8 @@ SAMPLERS = {
     "heun": sample_heun,
     "dpmpp_3m": sample_dpmpp_3m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "unipc_bh2": sample_unipc_bh2,
+    "unipc_bh2": sample_unipc,
+    "unipc_bh3": functools.partial(sample_unipc, order=3),
     "lms": sample_lms,
     "langevin": sample_langevin,
     "pc": sample_pc,
@@ -68,5 +69,5 @@ def prior_noise(shape, sigma_max: float, generator: torch.Generator | None = Non
 
 __all__ = ["SAMPLERS", "NFE_OF_STEPS", "get_sampler", "steps_for_nfe", "prior_noise", "CFGDenoiser",
            "sample_ddpm", "sample_ddpm_literal", "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_euler_a",
-           "sample_heun", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc_bh2", "sample_lms",
+           "sample_heun", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc", "sample_lms",
            "sample_langevin", "sample_pc"]

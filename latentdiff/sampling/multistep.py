@@ -18,6 +18,8 @@ handling as the reference ODE solution in latentdiff/eval/gmm.py.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -116,36 +118,49 @@ def sample_dpmpp_2m_sde(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=
     return x
 
 
+def phi(k: int, h: float) -> float:
+    """g_k(h) = e^{-h} int_0^h e^u u^k / k! du, by g_0 = 1 - e^{-h}, g_k = h^k / k! - g_{k-1} (integration by parts)."""
+    g = float(-np.expm1(-h))
+    for j in range(1, k + 1):
+        g = h**j / math.factorial(j) - g
+    return g
+
+
 @torch.no_grad()
-def sample_unipc_bh2(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
-                     callback=None) -> torch.Tensor:
-    """UniPC-2 with B(h) = expm1(h) ("bh2"; Zhao et al. 2023, Algorithms 1-2, data prediction).
+def sample_unipc(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                 callback=None, order: int = 2) -> torch.Tensor:
+    """UniPC-p with B(h) = 1 - e^{-h} ("bh2"; Zhao et al. 2023, Algorithms 1-2, data prediction).
 
     Residual form: x_next = e^{-h} x + (1 - e^{-h}) m0 + B(h) sum_j a_j (m(r_j) - m0) / r_j,
-    B(h) = 1 - e^{-h} (expm1 in the paper's sign convention), r_j = (lambda_j - lambda)/h.
-    The order conditions are sum_j a_j r_j^{k-1} = k! g_k(h) / (h^k B(h)), k = 1..#points.
-    UniP-2 (predictor) uses the previous output, r = -h1/h, with a = 1/2 (the leading term of that
-    condition, as in the paper: this is where the choice of B matters). UniC-2 (corrector) uses the
-    previous output and the fresh output at the predicted point (r = 1), solving the 2x2 system
-    exactly; it corrects x at no extra model call, and the fresh output is kept as history.
-    The corrector at the last nonzero sigma is skipped: its x would not be used by the x0 jump.
-    x (B, ...) -> sample (B, ...). Needs >= 2 steps; NFE = steps.
+    r_j = (lambda_j - lambda)/h, with the order conditions sum_j a_j r_j^{k-1} = k! g_k(h) / (h^k B(h)),
+    k = 1..#points (g_k as in ``phi``). UniP-p (predictor) uses the p - 1 previous outputs (r < 0):
+    for p = 2 with a = 1/2, the leading term of its condition (the paper's choice, where B matters),
+    for p > 2 solving the conditions exactly. UniC-p (corrector) adds the fresh output at the
+    predicted point (r = 1) and re-does the last step with the p x p system: order p + 1 at no extra
+    model call; the fresh output is kept as history. Orders ramp up over the first steps. The
+    corrector at the last nonzero sigma is skipped: its x would not be used by the x0 jump.
+    x (B, ...) -> sample (B, ...). Needs >= order steps; NFE = steps.
     """
-    check_grid(sigmas, 2, "unipc_bh2")
-    prev = None  # (x, m, h, m_before, h_before) of the last predictor step
+    check_grid(sigmas, order, f"unipc (order {order})")
+    hist: list[tuple[torch.Tensor, float]] = []  # (m, lambda) of earlier points, newest first
+    step = None  # (x, m0, lambda, h) of the last predictor step, for the corrector
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        m0 = denoise_step(denoise, x, sigmas, i, cond, callback)
+        m_new = denoise_step(denoise, x, sigmas, i, cond, callback)
+        lam = -float(torch.log(sigma))
         if sigma_next == 0:
-            return m0
-        if prev is not None:  # UniC: redo the last step with the fresh output m0 at r = 1
-            x_p, m_p, h_p, m_pp, h_pp = prev
-            x = _unipc_base(x_p, m_p, h_p) + _unic(m_p, h_p, m0, m_pp, h_pp)
+            return m_new
+        if step is not None:  # UniC: redo the last step with the fresh output at r = 1
+            x_c, m0, lam0, h = step
+            pts = [((m - m0), (l - lam0) / h) for m, l in hist[1: order]] + [(m_new - m0, 1.0)]
+            x = _unipc_base(x_c, m0, h) + _unipc_residual(pts, h)
+        hist = [(m_new, lam)] + hist[: order]
         h = float(torch.log(sigma / sigma_next))
-        x_next = _unipc_base(x, m0, h)
-        if prev is not None:  # UniP-2 with a = 1/2 on the previous output, r = -h_p / h
-            x_next = x_next + float(-np.expm1(-h)) * 0.5 * (prev[1] - m0) / (-prev[2] / h)
-        prev = (x, m0, h, prev[1] if prev is not None else None, prev[2] if prev is not None else None)
+        pts = [((m - m_new), (l - lam) / h) for m, l in hist[1: order]]
+        x_next = _unipc_base(x, m_new, h)
+        if pts:  # UniP
+            x_next = x_next + (_unipc_residual(pts, h, half=True) if order == 2 else _unipc_residual(pts, h))
+        step = (x, m_new, lam, h)
         x = x_next
     return x
 
@@ -155,16 +170,18 @@ def _unipc_base(x: torch.Tensor, m0: torch.Tensor, h: float) -> torch.Tensor:
     return float(np.exp(-h)) * x - float(np.expm1(-h)) * m0
 
 
-def _unic(m0, h: float, m_new, m_old, h_old) -> torch.Tensor:
-    """UniC's residual B(h) sum_j a_j (m_j - m0)/r_j for the step of size h that started at output m0."""
+def _unipc_residual(pts: list, h: float, half: bool = False) -> torch.Tensor:
+    """B(h) sum_j a_j D_j / r_j for points [(D_j = m_j - m0, r_j)], a from the order conditions (a = 1/2 if half)."""
     B = float(-np.expm1(-h))
-    if m_old is None:  # one point (r = 1): a = 1/2, the leading term of g_1 / (h B)
-        return B * 0.5 * (m_new - m0)
-    r = -h_old / h
-    R = np.array([[1.0, 1.0], [r, 1.0]])
-    b = np.array([_g1(h) / (h * B), 2 * _g2(h) / (h * h * B)])
-    a_old, a_new = np.linalg.solve(R, b)
-    return B * (float(a_old) * (m_old - m0) / r + float(a_new) * (m_new - m0))
+    r = np.array([rj for _, rj in pts])
+    if half:
+        a = np.full(1, 0.5)
+    else:
+        K = len(pts)
+        R = np.vander(r, K, increasing=True).T  # R[k, j] = r_j^k
+        b = np.array([math.factorial(k + 1) * phi(k + 1, h) / (h ** (k + 1) * B) for k in range(K)])
+        a = np.linalg.solve(R, b)
+    return B * sum(float(a_j) * D / float(r_j) for a_j, (D, r_j) in zip(a, pts))
 
 
 def lms_coefficients(nodes: list[float], a: float, b: float) -> list[float]:
