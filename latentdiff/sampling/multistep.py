@@ -1,4 +1,4 @@
-"""Multistep samplers: DPM-Solver++(2M) and (3M), SDE-DPM-Solver++(2M), UniPC-bh2, and linear multistep (LMS).
+"""Multistep samplers: DPM-Solver++(2M) and (3M), SDE-DPM-Solver++(2M), UniPC (bh2, any order), and linear multistep (LMS).
 
 The exponential integrators work in lambda = -log sigma with the data prediction m(lambda) = D(x, sigma).
 On a step sigma -> sigma_next, h = log(sigma / sigma_next) > 0, the PF-ODE solution is exactly
@@ -26,12 +26,12 @@ import torch
 from latentdiff.sampling.ode import check_grid, denoise_step, randn_like
 
 
-def _g1(h: float) -> float:
-    return h + float(np.expm1(-h))
-
-
-def _g2(h: float) -> float:
-    return h * h / 2 - h - float(np.expm1(-h))
+def phi(k: int, h: float) -> float:
+    """g_k(h) = e^{-h} int_0^h e^u u^k / k! du, by g_0 = 1 - e^{-h}, g_k = h^k / k! - g_{k-1} (integration by parts)."""
+    g = float(-np.expm1(-h))
+    for j in range(1, k + 1):
+        g = h**j / math.factorial(j) - g
+    return g
 
 
 @torch.no_grad()
@@ -85,9 +85,9 @@ def sample_dpmpp_3m(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None
             if len(hist) >= 2:
                 (m2, h2) = hist[1]
                 f2 = (f1 - (m1 - m2) / h2) / (h1 + h2)
-                x_next = x_next + _g1(h) * (f1 + h1 * f2) + _g2(h) * 2 * f2
+                x_next = x_next + phi(1, h) * (f1 + h1 * f2) + phi(2, h) * 2 * f2
             else:
-                x_next = x_next + _g1(h) * f1
+                x_next = x_next + phi(1, h) * f1
         hist = [(m0, h)] + hist[:1]
         x = x_next
     return x
@@ -116,14 +116,6 @@ def sample_dpmpp_2m_sde(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=
         x = x + float(sigma_next) * float(np.sqrt(-np.expm1(-2 * h))) * randn_like(x, generator)
         m1, h1 = m0, h
     return x
-
-
-def phi(k: int, h: float) -> float:
-    """g_k(h) = e^{-h} int_0^h e^u u^k / k! du, by g_0 = 1 - e^{-h}, g_k = h^k / k! - g_{k-1} (integration by parts)."""
-    g = float(-np.expm1(-h))
-    for j in range(1, k + 1):
-        g = h**j / math.factorial(j) - g
-    return g
 
 
 @torch.no_grad()
