@@ -88,8 +88,8 @@ def test_stochastic_samplers_reach_the_distribution(name, steps, opts):
     assert sliced_w2(out, t1) < 2 * sliced_w2(t1, t2)
 
 
-@pytest.mark.parametrize("name,order", [("heun", 2), ("dpmpp_2m_sde", 2), ("unipc_bh2", 2), ("dpmpp_3m", 3),
-                                        ("lms", 4)])
+@pytest.mark.parametrize("name,order", [("heun", 2), ("dpmpp_2m_sde", 2), ("unipc_bh2", 2), ("unipc_bh3", 3),
+                                        ("dpmpp_3m", 3), ("lms", 4)])
 def test_fewer_steps_than_the_order_raise(name, order):
     D = GMMDenoiser(make_gmm(2, 2, seed=0))
     sigmas = sigma_grid(DiscreteSchedule("linear"), order - 1, "karras")
