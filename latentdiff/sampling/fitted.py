@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass
 class FittedGrid:
     """sigmas (n+1,) float64 ending in 0; pilot_rmse of the fitted and of the best starting grid; pilot_calls."""
@@ -66,7 +65,7 @@ def fit_sigmas(sampler, denoise, x_T: torch.Tensor, x_ref: torch.Tensor, starts:
         sampler: a stateless sampler ``sampler(denoise, x, sigmas, cond=...) -> x0``.
         denoise: the model under the denoiser contract.
         x_T: pilot noise (B, ...) at sigma_max = the first sigma of every start grid.
-        x_ref: (B, ...) accurate ODE solutions from x_T (``reference_solution`` or an exact one).
+        x_ref: (B, ...) accurate ODE solutions from x_T (a many-step solve of the same model, or an exact one).
         starts: {spacing name: sigmas (n+1,)} start grids, all with the same n and sigmas[0].
         sigma_min: the smallest sigma the model was trained on.
         max_evals: Nelder-Mead pilot runs per start.
