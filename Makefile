@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers clean
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,19 @@ bench: setup
 # needs the demo's checkpoint (make demo)
 bench-fmnist-samplers: setup
 	$(BIN)/python benchmarks/fmnist_fd_vs_nfe.py demo_out/checkpoint --json benchmarks/results/fmnist_fd_vs_nfe.json
+
+# the two autoencoder presets (about 15 minutes each on 2 CPU cores), then their test-split numbers
+autoencoders: setup
+	$(BIN)/latentdiff train --preset fmnist-vae --out runs/fmnist-vae
+	$(BIN)/latentdiff train --preset fmnist-vqvae --out runs/fmnist-vqvae
+	$(BIN)/latentdiff eval runs/fmnist-vae/checkpoint --n 2000 --json benchmarks/results/fmnist_vae.json
+	$(BIN)/latentdiff eval runs/fmnist-vqvae/checkpoint --n 2000 --json benchmarks/results/fmnist_vqvae.json
+
+# pixel vs latent DDPM at equal wall time (2 x 15 minutes of training; needs runs/fmnist-vae)
+bench-latent: setup
+	$(BIN)/latentdiff train --preset fmnist-vae --out runs/fmnist-vae
+	$(BIN)/python benchmarks/latent_vs_pixel.py --minutes 15 --json benchmarks/results/latent_vs_pixel.json \
+		--png docs/latent_vs_pixel.png
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

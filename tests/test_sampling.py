@@ -109,3 +109,15 @@ def test_trajectory_strip_keeps_the_first_batch_in_step_order(tmp_path):
     body = picture[picture.shape[0] // 2:]  # below the caption band
     thirds = [body[:, k * body.shape[1] // 3:(k + 1) * body.shape[1] // 3].mean() for k in range(3)]
     assert thirds[0] < thirds[1] < thirds[2]  # columns are steps, left to right
+
+
+def test_dynamic_thresholding_matches_its_definition_on_a_hand_made_tensor():
+    from latentdiff.sampling.guidance import dynamic_threshold
+
+    # sample 0: |x| = 0..4 in steps of 0.5 (9 values); its 50% quantile is 2 -> clip to [-2, 2], divide by 2
+    a = torch.linspace(-4, 4, 17)[8:].clone()
+    a[1::2] *= -1
+    b = torch.tensor([0.1, -0.5, 0.9, 0.2, 0.0, -0.3, 0.4, 0.6, -0.7])  # quantile < 1 -> s = 1: unchanged
+    out = dynamic_threshold(torch.stack([a, b]), 0.5)
+    torch.testing.assert_close(out[0], a.clamp(-2, 2) / 2)
+    torch.testing.assert_close(out[1], b)

@@ -79,3 +79,40 @@ def test_parameter_count_grows_with_width():
 def test_bad_patch_size_is_an_error():
     with pytest.raises(ValueError, match="patch_size"):
         UNet(small(patch_size=3))
+
+
+def test_cross_attention_ignores_masked_tokens_and_starts_as_identity():
+    from latentdiff.nn.attention import CrossAttention2d
+
+    torch.manual_seed(0)
+    layer = CrossAttention2d(16, 12, num_heads=2, groups=4)
+    x, context = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 12)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    torch.testing.assert_close(layer(x, context, mask), x)  # zero-initialised output projection
+    torch.nn.init.normal_(layer.proj.weight)
+    changed = context.clone()
+    changed[0, 3:] = 100.0  # padding of sample 0
+    torch.testing.assert_close(layer(x, changed, mask), layer(x, context, mask))
+    changed[0, 0] = 100.0   # a real token
+    assert not torch.allclose(layer(x, changed, mask)[0], layer(x, context, mask)[0])
+
+
+def test_text_conditioned_unet_depends_on_real_tokens_only():
+    cfg = UNetConfig(image_size=8, in_channels=2, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), norm_groups=4, dropout=0.0, context_dim=6, pooled_dim=6)
+    torch.manual_seed(0)
+    net = UNet(cfg).eval()
+    for p in net.parameters():  # leave the zero-initialised start so the text can matter
+        torch.nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([10.0, 500.0])
+    text, mask = torch.randn(2, 4, 6), torch.tensor([[True, True, False, False], [True] * 4])
+    pooled = torch.randn(2, 6)
+    out = net(x, t, text=text, text_mask=mask, pooled=pooled)
+    padded = text.clone()
+    padded[0, 2:] = 50.0
+    torch.testing.assert_close(net(x, t, text=padded, text_mask=mask, pooled=pooled), out)
+    other = text.clone()
+    other[0, 0] = 3.0
+    assert not torch.allclose(net(x, t, text=other, text_mask=mask, pooled=pooled)[0], out[0])
+    with pytest.raises(ValueError, match="text"):
+        net(x, t)

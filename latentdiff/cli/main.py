@@ -23,13 +23,14 @@ def cmd_presets(args) -> None:
 
 def cmd_train(args) -> None:
     from latentdiff.config import apply_overrides
-    from latentdiff.pipelines import train_run
-    from latentdiff.presets import get_preset
+    from latentdiff.pipelines import train_autoencoder_run, train_run
+    from latentdiff.presets import AutoencoderRunConfig, get_preset
 
     cfg = apply_overrides(get_preset(args.preset), args.set or [])
     if args.minutes is not None:
         cfg = cfg.replace(train=cfg.train.replace(max_minutes=args.minutes))
-    summary = train_run(cfg, args.out)
+    train = train_autoencoder_run if isinstance(cfg, AutoencoderRunConfig) else train_run
+    summary = train(cfg, args.out)
     print(json.dumps(summary))
 
 
@@ -37,9 +38,9 @@ def cmd_sample(args) -> None:
     import torch
 
     from latentdiff.io.images import TrajectoryStrip, save_grid
-    from latentdiff.pipelines import generate, load_denoiser
+    from latentdiff.pipelines import generate, load_model
 
-    denoiser, cfg = load_denoiser(args.ckpt, use_ema=not args.no_ema)
+    denoiser, autoencoder, cfg = load_model(args.ckpt, use_ema=not args.no_ema)
     s = cfg.sample
     labels = None
     if cfg.model.num_classes:
@@ -53,7 +54,7 @@ def cmd_sample(args) -> None:
     images = generate(denoiser, args.n, class_labels=labels, sampler=args.sampler or s.sampler,
                       steps=args.steps or s.steps, spacing=args.spacing or s.spacing,
                       guidance=s.guidance if args.guidance is None else args.guidance, seed=args.seed, progress=True,
-                      callback=strip)
+                      callback=strip, autoencoder=autoencoder)
     nrow = args.nrow or (cfg.model.num_classes if labels is not None and args.class_label is None else None)
     save_grid(images, args.out, nrow=nrow)
     print(f"wrote {args.out} ({args.n} images)")
@@ -63,11 +64,18 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from latentdiff.pipelines import evaluate_model, load_denoiser
+    from latentdiff.io.checkpoint import load_checkpoint
+    from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_autoencoder, load_model
+    from latentdiff.presets import is_autoencoder_config
 
-    denoiser, cfg = load_denoiser(args.ckpt, use_ema=not args.no_ema)
-    report, _, _ = evaluate_model(denoiser, cfg, args.n, sampler=args.sampler, steps=args.steps,
-                                  spacing=args.spacing, guidance=args.guidance, seed=args.seed)
+    if is_autoencoder_config(load_checkpoint(args.ckpt).config):
+        autoencoder, ae_cfg = load_autoencoder(args.ckpt, use_ema=not args.no_ema)
+        report = evaluate_autoencoder(autoencoder, ae_cfg.data, n_fd=args.n, seed=args.seed)
+    else:
+        denoiser, autoencoder, cfg = load_model(args.ckpt, use_ema=not args.no_ema)
+        report, _, _ = evaluate_model(denoiser, cfg, args.n, sampler=args.sampler, steps=args.steps,
+                                      spacing=args.spacing, guidance=args.guidance, seed=args.seed,
+                                      autoencoder=autoencoder)
     print(json.dumps(report, indent=2))
     _write_json(args.json, report)
 
@@ -114,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="FD-EffNet (with floor) and class accuracy of a checkpoint's samples")
+    p = sub.add_parser("eval", help="FD-EffNet (with floor) and class accuracy of a checkpoint's samples; for an "
+                       "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use")
     p.add_argument("ckpt")
     p.add_argument("--n", type=int, default=1000, help="number of samples (and real images) compared")
     p.add_argument("--json", help="write the numbers to this JSON file")

@@ -131,7 +131,7 @@ def _dataset_key(dataset: Dataset) -> str:
     return name
 
 
-def _random_subset(dataset: Dataset, n: int, seed: int) -> torch.Tensor:
+def random_subset(dataset: Dataset, n: int, seed: int) -> torch.Tensor:
     """(n, C, S, S) images in [-1, 1]: a seeded random subset without replacement."""
     if n > len(dataset):
         raise ValueError(f"asked for {n} images but the dataset has only {len(dataset)}")
@@ -171,7 +171,7 @@ def real_stats(dataset_name_or_dataset: str | Dataset, split: str = "test", n: i
         with np.load(path) as cached:
             return cached["mu"], cached["sigma"]
 
-    features = EffNetFeatures()(_random_subset(dataset, n, seed))
+    features = EffNetFeatures()(random_subset(dataset, n, seed))
     mu, sigma = feature_stats(features)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")

@@ -3,7 +3,9 @@
 ResBlock follows Dhariwal & Nichol 2021 (ADM): GroupNorm-SiLU-conv, then the
 time/class embedding enters either by addition or as a scale-shift of the
 second normalisation ("AdaGN", h = GN(h) (1 + s) + b), dropout, and a
-zero-initialised second conv, so each block starts as the identity.
+zero-initialised second conv, so each block starts as the identity. With
+``emb_dim=0`` the block has no embedding input (the autoencoders' ResBlock,
+Rombach et al. 2021).
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentdiff.nn.attention import SelfAttention2d
+from latentdiff.nn.attention import CrossAttention2d, SelfAttention2d
 from latentdiff.nn.layers import group_norm, zero_module
 
 
 class ResBlock(nn.Module):
-    """(B, C_in, H, W), emb (B, E) -> (B, C_out, H, W)."""
+    """(B, C_in, H, W), emb (B, E) or None -> (B, C_out, H, W). ``emb_dim=0``: no embedding."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0,
                  scale_shift: bool = True, groups: int = 32):
@@ -25,20 +27,22 @@ class ResBlock(nn.Module):
         self.scale_shift = scale_shift
         self.norm1 = group_norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch) if emb_dim else None
         self.norm2 = group_norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        e = self.emb(F.silu(emb))[:, :, None, None]
-        if self.scale_shift:
+        if self.emb is None:
+            h = self.norm2(h)
+        elif self.scale_shift:
+            e = self.emb(F.silu(emb))[:, :, None, None]
             scale, shift = e.chunk(2, dim=1)
             h = self.norm2(h) * (1 + scale) + shift
         else:
-            h = self.norm2(h + e)
+            h = self.norm2(h + self.emb(F.silu(emb))[:, :, None, None])
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -66,18 +70,34 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.ModuleList):
-    """Applies its modules in order, passing the embedding to the ResBlocks."""
+    """Applies its modules in order, passing the embedding to the ResBlocks and the text tokens
+    (B, L, D) with their mask (B, L) to the cross-attention layers."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, CrossAttention2d):
+                x = layer(x, context, mask)
+            else:
+                x = layer(x)
         return x
 
 
+def attention_layers(channels: int, context_dim: int, num_heads: int | None, head_dim: int | None,
+                     groups: int) -> list[nn.Module]:
+    """Self-attention, then cross-attention on text tokens when ``context_dim`` > 0."""
+    layers: list[nn.Module] = [SelfAttention2d(channels, num_heads, head_dim, groups)]
+    if context_dim:
+        layers.append(CrossAttention2d(channels, context_dim, num_heads, head_dim, groups))
+    return layers
+
+
 def res_stage(in_ch: int, out_ch: int, emb_dim: int, attention: bool, *, dropout: float, scale_shift: bool,
-              groups: int, num_heads: int | None, head_dim: int | None) -> EmbedSequential:
-    """One ResBlock, followed by self-attention when ``attention``."""
+              groups: int, num_heads: int | None, head_dim: int | None, context_dim: int = 0) -> EmbedSequential:
+    """One ResBlock, followed by self- (and cross-) attention when ``attention``."""
     layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_dim, dropout, scale_shift, groups)]
     if attention:
-        layers.append(SelfAttention2d(out_ch, num_heads, head_dim, groups))
+        layers += attention_layers(out_ch, context_dim, num_heads, head_dim, groups)
     return EmbedSequential(layers)

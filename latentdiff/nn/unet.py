@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentdiff.config import Config
-from latentdiff.nn.blocks import Downsample, EmbedSequential, ResBlock, Upsample, res_stage
-from latentdiff.nn.attention import SelfAttention2d
+from latentdiff.nn.blocks import Downsample, EmbedSequential, ResBlock, Upsample, attention_layers, res_stage
 from latentdiff.nn.layers import TimestepMLP, group_norm, zero_module
 
 
@@ -40,10 +39,13 @@ class UNetConfig(Config):
     scale_shift_norm: bool = True
     norm_groups: int = 32
     patch_size: int = 1                   # > 1: space-to-depth at the input, depth-to-space at the output
+    context_dim: int = 0                  # > 0: cross-attention on text tokens (B, L, context_dim) at every attention
+    pooled_dim: int = 0                   # > 0: a pooled text embedding (B, pooled_dim) joins the time embedding
 
 
 class UNet(nn.Module):
-    """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None) -> (B, C_out, H, W)``."""
+    """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None, text (B,L,D) | None,
+    text_mask (B,L) bool | None, pooled (B,D) | None) -> (B, C_out, H, W)``."""
 
     def __init__(self, cfg: UNetConfig, learned_variance: bool = False):
         super().__init__()
@@ -54,8 +56,10 @@ class UNet(nn.Module):
             raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {p}")
         self.time_embed = TimestepMLP(ch, emb_dim)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
         stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
-                     groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim)
+                     groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+                     context_dim=cfg.context_dim)
 
         self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -72,7 +76,7 @@ class UNet(nn.Module):
 
         self.middle = EmbedSequential([
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
-            SelfAttention2d(width, cfg.num_heads, cfg.head_dim, cfg.norm_groups),
+            *attention_layers(width, cfg.context_dim, cfg.num_heads, cfg.head_dim, cfg.norm_groups),
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
         ])
 
@@ -89,28 +93,35 @@ class UNet(nn.Module):
         self.norm_out = group_norm(width, cfg.norm_groups)
         self.conv_out = zero_module(nn.Conv2d(width, out_channels * p * p, 3, padding=1))
 
-    def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+    def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None,
+              pooled: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_embed(t)
+        if self.pooled_embed is not None and pooled is not None:
+            emb = emb + self.pooled_embed(pooled.to(emb.dtype))
         if self.class_embed is not None:
             if class_labels is None:  # no label given: the null (unconditional) class
                 class_labels = torch.full((t.shape[0],), self.cfg.num_classes, device=t.device, dtype=torch.long)
             emb = emb + self.class_embed(class_labels)
         return emb
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        emb = self.embed(t, class_labels).to(x.dtype)
+        if self.cfg.context_dim and text is None:
+            raise ValueError("this U-Net cross-attends to text: pass text (B, L, D) (and text_mask)")
+        emb = self.embed(t, class_labels, pooled).to(x.dtype)
         if self.cfg.patch_size > 1:  # (B, C, H, W) -> (B, C p^2, H/p, W/p)
             x = F.pixel_unshuffle(x, self.cfg.patch_size)
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
-            h = block(h, emb)
+            h = block(h, emb, text, text_mask)
             hs.append(h)
-        h = self.middle(h, emb)
+        h = self.middle(h, emb, text, text_mask)
         for block in self.up:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, text, text_mask)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return F.pixel_shuffle(out, self.cfg.patch_size) if self.cfg.patch_size > 1 else out
 

@@ -13,6 +13,7 @@ from latentdiff.data import build_dataset
 from latentdiff.io.checkpoint import load_checkpoint
 from latentdiff.nn.unet import UNet
 from latentdiff.objectives.diffusion import DiffusionLoss
+from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
 from latentdiff.sampling import CFGDenoiser, get_sampler, prior_noise
@@ -43,6 +44,14 @@ def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.de
     weights = state.ema_state if use_ema and state.ema_state is not None else state.model_state
     net.load_state_dict(weights)
     return make_denoiser(net.to(device).eval(), cfg), cfg
+
+
+def load_model(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
+    """A diffusion checkpoint -> (Denoiser, autoencoder (identity in pixel space), RunConfig).
+
+    Raises ValueError naming both shapes when the autoencoder's latents do not fit the U-Net."""
+    denoiser, cfg = load_denoiser(ckpt, use_ema, device)
+    return denoiser, autoencoder_for(cfg, device), cfg
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -87,8 +96,9 @@ def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: floa
 def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = None, sampler: str = "dpmpp_2m",
              steps: int = 20, spacing: str = "karras", guidance: float = 1.0, seed: int = 0,
              batch_size: int = 250, progress: bool = False, callback: Callable | None = None,
-             bf16: bool = False, sigmas: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw n samples (n, C, H, W) in about [-1, 1].
+             bf16: bool = False, sigmas: torch.Tensor | None = None,
+             autoencoder: nn.Module | None = None) -> torch.Tensor:
+    """Draw n samples (n, C, H, W) in [-1, 1]; with an ``autoencoder`` the sampled latents are decoded.
 
     Noise comes from one CPU generator seeded with ``seed`` (the same images on CPU and GPU,
     whatever the batch size). ``class_labels`` (n,) for class-conditional models; guidance
@@ -114,7 +124,8 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
         labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
         model, cond = guided(denoiser, labels, guidance)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs).cpu())
+            x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
+        out.append((x if autoencoder is None else autoencoder.decode(x.float())).cpu())
         bar.update(len(x))
     bar.close()
     return torch.cat(out).clamp(-1, 1)
@@ -122,7 +133,8 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
 
 def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, channels_last: bool = True) -> dict:
     """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint)."""
-    dataset = build_dataset(cfg.data, "train")
+    autoencoder = autoencoder_for(cfg)
+    dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
     net = build_backbone(cfg)
     if channels_last:  # faster convolutions on CPU (oneDNN) and GPU tensor cores
         net = net.to(memory_format=torch.channels_last)
@@ -134,7 +146,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, chan
         n = len(labels) if labels is not None else cfg.sample.n_grid
         return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, sampler=cfg.sample.sampler,
                         steps=cfg.sample.steps, spacing=cfg.sample.spacing, guidance=cfg.sample.guidance,
-                        bf16=samples_in_bf16(cfg))
+                        bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
 
     trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(), sample_fn=sample_fn,
                       cpu=cpu)

@@ -34,16 +34,19 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor | None, cfg: RunC
 
 def evaluate_model(denoiser: Denoiser, cfg: RunConfig, n: int = 1000, *, sampler: str | None = None,
                    steps: int | None = None, spacing: str | None = None, guidance: float | None = None,
-                   seed: int = 0, progress: bool = True) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+                   seed: int = 0, progress: bool = True,
+                   autoencoder: torch.nn.Module | None = None) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     """Sample n images (balanced classes) with the run's default sampling unless overridden; returns
-    (report, images, labels). The report includes the sampler settings and sampling images/s."""
+    (report, images, labels). The report includes the sampler settings and sampling images/s
+    (decoding included for latent models: pass their ``autoencoder``)."""
     s = cfg.sample
     sampler, steps = sampler or s.sampler, steps or s.steps
     spacing, guidance = spacing or s.spacing, s.guidance if guidance is None else guidance
     labels = balanced_labels(n, cfg.model.num_classes) if cfg.model.num_classes else None
     start = time.perf_counter()
     images = generate(denoiser, n, class_labels=labels, sampler=sampler, steps=steps, spacing=spacing,
-                      guidance=guidance, seed=seed, progress=progress, bf16=samples_in_bf16(cfg))
+                      guidance=guidance, seed=seed, progress=progress, bf16=samples_in_bf16(cfg),
+                      autoencoder=autoencoder)
     seconds = time.perf_counter() - start
     report = evaluate_images(images, labels, cfg, seed=seed)
     report.update(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,

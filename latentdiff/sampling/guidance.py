@@ -38,3 +38,28 @@ class CFGDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         return self.predict(x, sigma, cond)[0]
+
+
+def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, section 2.3) of (B, ...) x0 predictions:
+    s = max(1, the ``percentile`` quantile of |x0| per sample); x0 -> clip(x0, -s, s) / s."""
+    s = torch.quantile(x0.detach().abs().flatten(1).float(), percentile, dim=1).clamp_min(1.0).to(x0.dtype)
+    s = s.view(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+class ThresholdedDenoiser(nn.Module):
+    """Wraps a denoiser (e.g. a CFGDenoiser) so its x0 predictions are clipped: dynamically at
+    ``percentile`` (Imagen; pixel-space models), or statically to [-1, 1] when ``percentile`` is None."""
+
+    def __init__(self, denoiser: nn.Module, percentile: float | None = 0.995):
+        super().__init__()
+        self.denoiser, self.percentile = denoiser, percentile
+
+    def predict(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None):
+        x0, v_frac = self.denoiser.predict(x, sigma, cond)
+        x0 = x0.clamp(-1, 1) if self.percentile is None else dynamic_threshold(x0, self.percentile)
+        return x0, v_frac
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        return self.predict(x, sigma, cond)[0]

@@ -163,7 +163,7 @@ class Trainer:
         run_config: the full, JSON-able run config saved with checkpoints.
         sample_fn: optional ``sample_fn(ema_model, step) -> (N, C, H, W)`` in
             ``[-1, 1]``; called on the main process every ``sample_every``
-            steps and at the end.
+            steps and at the end; a ``caption`` attribute on it titles the grids.
         cpu: force CPU (``True``) or not; ``None`` uses CUDA when available.
     """
 
@@ -213,6 +213,10 @@ class Trainer:
         # wrapper would step it once per process).
         self.scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        if state is None or state.ema_state is None:
+            # Wrapping for DDP has just given every rank rank 0's initial weights; the EMA,
+            # copied before that from this rank's own initialisation, starts from them too.
+            self.ema.load_state_dict(acc.unwrap_model(self.model).state_dict())
         self.ema.to(acc.device)
         if state is not None and state.trainer_state is not None:
             self._load_trainer_state(state.trainer_state)
@@ -378,7 +382,8 @@ class Trainer:
             devices = [acc.device] if acc.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 images = self.sample_fn(self.ema.model, self.step)
-            save_grid(images, self._sample_path(self.step), caption=f"EMA samples, step {self.step}")
+            title = getattr(self.sample_fn, "caption", "EMA samples")
+            save_grid(images, self._sample_path(self.step), caption=f"{title}, step {self.step}")
         self._sampled_step = self.step
         acc.wait_for_everyone()
 

