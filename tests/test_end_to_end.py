@@ -66,7 +66,7 @@ def test_eval_reports_numbers(run_dir, tmp_path):
 def test_presets_build_and_round_trip():
     for name in PRESETS:
         cfg = get_preset(name)
-        assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        assert type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_overrides_and_their_errors():
