@@ -22,6 +22,7 @@ images, so neither term moves the other player.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,12 @@ class EffNetPerceptual(nn.Module):
         return total
 
 
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), from the MSE over all of them."""
+    mse = float((x.detach().float() - y.detach().float()).pow(2).mean())
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """Discriminator hinge loss: E[relu(1 - D(x))] + E[relu(1 + D(x_hat))]."""
     return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
@@ -111,7 +118,7 @@ class AutoencoderTraining(nn.Module):
         x_hat, reg, logs = self.autoencoder.regularised(x, generator)
         err = (x_hat.float() - x.float())
         rec = err.abs().mean() if cfg.reconstruction == "l1" else err.pow(2).mean()
-        logs["psnr"] = float(10 * torch.log10(4.0 / err.detach().pow(2).mean().clamp_min(1e-10)))
+        logs["psnr"] = psnr(x_hat, x)
         loss_rec = rec
         if self._perceptual:
             perceptual = self._perceptual[0].to(x.device)(x_hat, x).mean()

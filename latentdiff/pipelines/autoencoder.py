@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from latentdiff.autoencoders import IdentityAutoencoder, LatentAutoencoder, build_autoencoder
-from latentdiff.autoencoders.losses import AutoencoderTraining
+from latentdiff.autoencoders.losses import AutoencoderTraining, psnr
 from latentdiff.data import DataConfig, build_dataset
 from latentdiff.data.latent_cache import META_FILE, LatentDataset, write_latent_cache
 from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset
@@ -23,21 +22,20 @@ PREFIX = "autoencoder."  # the autoencoder's weights inside the AutoencoderTrain
 
 
 @torch.no_grad()
+def _in_batches(fn, ae: LatentAutoencoder, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """fn applied to (N, C, H, W) images batch by batch on the autoencoder's device; results on CPU."""
+    device = next(ae.parameters()).device
+    return torch.cat([fn(images[i:i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+
+
 def reconstruct(ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """decode(encode(x)) for (N, C, H, W) images, in batches, clamped to [-1, 1]."""
-    device = next(ae.parameters()).device
-    out = [ae.decode_raw(ae.encode_raw(images[i:i + batch_size].to(device))).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).clamp(-1, 1)
+    return _in_batches(lambda x: ae.decode_raw(ae.encode_raw(x)), ae, images, batch_size).clamp(-1, 1)
 
 
-@torch.no_grad()
 def measure_latent_scale(ae: LatentAutoencoder, images: torch.Tensor, batch_size: int = 500) -> float:
     """1 / std of the unscaled latents E(x) over all elements of ``images`` (N, C, H, W) (LDM, section 4.3.2)."""
-    device = next(ae.parameters()).device
-    z = torch.cat([ae.encode_raw(images[i:i + batch_size].to(device)).cpu()
-                   for i in range(0, len(images), batch_size)])
-    return 1.0 / float(z.float().std())
+    return 1.0 / float(_in_batches(ae.encode_raw, ae, images, batch_size).float().std())
 
 
 def autoencoder_trainer(cfg: AutoencoderRunConfig, out_dir: str | Path, cpu: bool | None = None) -> Trainer:
@@ -109,12 +107,6 @@ def autoencoder_for(cfg: RunConfig, device: str | torch.device = "cpu") -> nn.Mo
         raise ValueError(f"latent shape mismatch: the autoencoder {cfg.autoencoder} gives latents "
                          f"{tuple(ae.latent_shape)} but the diffusion model takes {unet_shape}")
     return ae
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), from the MSE over the whole set."""
-    mse = float((x.float() - y.float()).pow(2).mean())
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
 def evaluate_autoencoder(ae: LatentAutoencoder, data: DataConfig, n_fd: int = 2000, seed: int = 0) -> dict:
