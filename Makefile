@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders clean
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image bench-guidance clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,24 @@ bench-latent: setup
 	$(BIN)/latentdiff train --preset fmnist-vae --out runs/fmnist-vae
 	$(BIN)/python benchmarks/latent_vs_pixel.py --minutes 15 --json benchmarks/results/latent_vs_pixel.json \
 		--png docs/latent_vs_pixel.png
+
+# text-to-image: the shapes autoencoder (21 min), shapes-t2i (30 min), fmnist-t2i (12 min), then their numbers
+text-to-image: setup
+	$(BIN)/latentdiff train --preset shapes-vae --out runs/shapes-vae
+	$(BIN)/latentdiff train --preset shapes-t2i --out runs/shapes-t2i
+	$(BIN)/latentdiff eval adherence runs/shapes-t2i/checkpoint --n-per-prompt 16 --guidance 4 \
+		--json benchmarks/results/shapes_t2i_adherence_w4.json
+	$(BIN)/latentdiff eval adherence runs/shapes-t2i/checkpoint --prompts benchmarks/shapes_figure_prompts.txt \
+		--n-per-prompt 8 --guidance 4 --png docs/shapes_t2i_prompts.png
+	$(BIN)/latentdiff eval adherence runs/shapes-t2i/checkpoint --n-per-prompt 16 --guidance 1 \
+		--json benchmarks/results/shapes_t2i_adherence_w1.json
+	$(BIN)/latentdiff train --preset fmnist-t2i --out runs/fmnist-t2i
+	$(BIN)/latentdiff eval runs/fmnist-t2i/checkpoint --n 1000 --json benchmarks/results/fmnist_t2i.json
+
+# guidance scale 1..10 against adherence and FD-EffNet (needs runs/shapes-t2i)
+bench-guidance: setup
+	$(BIN)/python benchmarks/guidance_sweep.py runs/shapes-t2i/checkpoint --n-fd 500 \
+		--json benchmarks/results/guidance_sweep.json --png docs/guidance_sweep.png
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

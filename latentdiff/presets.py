@@ -10,6 +10,7 @@ import dataclasses
 
 from latentdiff.autoencoders.losses import AutoencoderLossConfig
 from latentdiff.autoencoders.models import AutoencoderConfig
+from latentdiff.conditioning.text import TextConfig
 from latentdiff.config import Config
 from latentdiff.data import DataConfig
 from latentdiff.nn.unet import UNetConfig
@@ -19,12 +20,16 @@ from latentdiff.training.trainer import TrainConfig
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig(Config):
-    """Default sampling for a run: sampler name, step count, sigma spacing, guidance scale."""
+    """Default sampling for a run: sampler name, step count, sigma spacing, guidance scale, and the
+    clipping of x0 predictions (``none``; ``static``: to [-1, 1]; ``dynamic``: Imagen's dynamic
+    thresholding at ``percentile``; both for pixel-space models only)."""
 
     sampler: str = "dpmpp_2m"
     steps: int = 20
     spacing: str = "karras"       # leading | trailing | linspace | karras
     guidance: float = 1.0         # classifier-free guidance scale (1 = conditional model)
+    threshold: str = "none"       # none | static | dynamic
+    percentile: float = 0.995     # dynamic thresholding's p
     use_ema: bool = True
     n_grid: int = 100             # images in the periodic training grids
 
@@ -33,10 +38,12 @@ class SampleConfig(Config):
 class RunConfig(Config):
     """A diffusion run. ``autoencoder``: an autoencoder checkpoint directory for latent diffusion
     (the U-Net then works on its latents: ``model.in_channels, model.image_size`` must match its
-    latent shape); None for pixel space."""
+    latent shape); None for pixel space. ``text``: the frozen text encoder of a text-to-image run
+    (the U-Net's ``context_dim`` and ``pooled_dim`` are its width); None without text."""
 
     description: str = ""
     autoencoder: str | None = None
+    text: TextConfig | None = None
     data: DataConfig = DataConfig()
     model: UNetConfig = UNetConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -134,6 +141,17 @@ def _fmnist_vqvae() -> AutoencoderRunConfig:
     )
 
 
+def _shapes_vae() -> AutoencoderRunConfig:
+    """KL-VAE f=4 for the 32x32 RGB ``shapes`` images: 32x32x3 -> 8x8x4."""
+    base = _fmnist_vae()
+    return base.replace(
+        description="KL-regularised autoencoder f=4, 8x8x4 latents, for shapes (~21 min on 2 CPU cores)",
+        data=DataConfig(name="shapes", image_size=32, channels=3),
+        autoencoder=base.autoencoder.replace(in_channels=3),
+        train=base.train.replace(max_minutes=21.0),
+    )
+
+
 def _tiny_vae() -> AutoencoderRunConfig:
     return AutoencoderRunConfig(
         description="tiny KL autoencoder for tests (seconds on CPU)",
@@ -161,12 +179,55 @@ def _tiny_ldm() -> RunConfig:
                         model=base.model.replace(image_size=16, in_channels=2))
 
 
+def _shapes_t2i() -> RunConfig:
+    """Imagen-style text-to-image on the shapes-vae latents: MiniLM token states through
+    cross-attention at 8x8 and 4x4, the pooled embedding added to the time embedding, 10% of
+    captions dropped for classifier-free guidance."""
+    base = _fmnist_ldm()
+    return base.replace(
+        description="text-to-image on shapes (latent, MiniLM + cross-attention, CFG; train shapes-vae into "
+                    "runs/shapes-vae first; 30 min on 2 CPU cores)",
+        autoencoder="runs/shapes-vae/checkpoint",
+        text=TextConfig(max_length=16),
+        data=DataConfig(name="shapes", image_size=32, channels=3),
+        model=base.model.replace(num_classes=0, attention_resolutions=(8, 4), num_heads=None, head_dim=32,
+                                 context_dim=384, pooled_dim=384),
+        train=base.train.replace(max_minutes=30.0),
+        sample=base.sample.replace(guidance=2.0, n_grid=100),  # the best of 1..10 (benchmarks/guidance_sweep.py)
+    )
+
+
+def _fmnist_t2i() -> RunConfig:
+    """The demo's pixel U-Net conditioned on Fashion-MNIST captions from class names (templates and
+    synonyms) instead of labels; dynamic thresholding at sampling (Imagen, pixel space)."""
+    base = _fmnist_ddpm()
+    return base.replace(
+        description="text-to-image on Fashion-MNIST captions (pixel space, MiniLM + cross-attention, CFG, "
+                    "dynamic thresholding; ~12 min on 2 CPU cores)",
+        text=TextConfig(max_length=16),
+        model=base.model.replace(num_classes=0, num_heads=None, head_dim=32, context_dim=384, pooled_dim=384),
+        sample=base.sample.replace(guidance=3.0, threshold="dynamic"),
+    )
+
+
+def _tiny_t2i() -> RunConfig:
+    base = _tiny()
+    return base.replace(description="tiny pixel text-to-image on 64 shapes images, for tests",
+                        text=TextConfig(max_length=16), data=DataConfig(name="shapes", channels=3, n=64),
+                        model=base.model.replace(in_channels=3, num_classes=0, context_dim=384, pooled_dim=384),
+                        sample=base.sample.replace(threshold="dynamic"))
+
+
 PRESETS = {
     "fmnist-ddpm": _fmnist_ddpm,
     "fmnist-vae": _fmnist_vae,
     "fmnist-vqvae": _fmnist_vqvae,
     "fmnist-ldm": _fmnist_ldm,
+    "shapes-vae": _shapes_vae,
+    "shapes-t2i": _shapes_t2i,
+    "fmnist-t2i": _fmnist_t2i,
     "tiny-vae": _tiny_vae,
+    "tiny-t2i": _tiny_t2i,
     "tiny-ldm": _tiny_ldm,
     "fmnist-ddpm-paper": _fmnist_ddpm_paper,
     "fmnist-iddpm": _fmnist_iddpm,

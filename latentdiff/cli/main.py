@@ -37,8 +37,9 @@ def cmd_train(args) -> None:
 def cmd_sample(args) -> None:
     import torch
 
-    from latentdiff.io.images import TrajectoryStrip, save_grid
-    from latentdiff.pipelines import generate, load_model
+    from latentdiff.data import grid_prompts
+    from latentdiff.io.images import TrajectoryStrip, save_grid, save_prompt_rows
+    from latentdiff.pipelines import generate, load_model, text_encoder_for
 
     denoiser, autoencoder, cfg = load_model(args.ckpt, use_ema=not args.no_ema)
     s = cfg.sample
@@ -50,14 +51,25 @@ def cmd_sample(args) -> None:
             labels = torch.full((args.n,), args.class_label)
         else:
             labels = torch.arange(args.n) % cfg.model.num_classes
-    strip = TrajectoryStrip(rows=min(args.n, 8)) if args.trajectory else None
-    images = generate(denoiser, args.n, class_labels=labels, sampler=args.sampler or s.sampler,
-                      steps=args.steps or s.steps, spacing=args.spacing or s.spacing,
-                      guidance=s.guidance if args.guidance is None else args.guidance, seed=args.seed, progress=True,
-                      callback=strip, autoencoder=autoencoder)
-    nrow = args.nrow or (cfg.model.num_classes if labels is not None and args.class_label is None else None)
-    save_grid(images, args.out, nrow=nrow)
-    print(f"wrote {args.out} ({args.n} images)")
+    prompts, shown = None, None
+    if cfg.text is not None:
+        shown = [args.prompt] if args.prompt is not None else grid_prompts(cfg.data)
+        prompts = [p for p in shown for _ in range(max(1, args.n // len(shown)))]
+    elif args.prompt is not None:
+        sys.exit(f"{args.ckpt} is not a text-to-image model: --prompt needs one")
+    strip = TrajectoryStrip(rows=min(len(prompts or range(args.n)), 8)) if args.trajectory else None
+    images = generate(denoiser, len(prompts) if prompts else args.n, class_labels=labels, prompts=prompts,
+                      negative_prompt=args.negative_prompt, text_encoder=text_encoder_for(cfg),
+                      sampler=args.sampler or s.sampler, steps=args.steps or s.steps,
+                      spacing=args.spacing or s.spacing, guidance=s.guidance if args.guidance is None else args.guidance,
+                      threshold=args.threshold or s.threshold, percentile=args.percentile or s.percentile,
+                      seed=args.seed, progress=True, callback=strip, autoencoder=autoencoder)
+    if shown is not None and len(shown) > 1:
+        save_prompt_rows(images, shown, args.out)
+    else:
+        nrow = args.nrow or (cfg.model.num_classes if labels is not None and args.class_label is None else None)
+        save_grid(images, args.out, nrow=nrow, caption=shown[0] if shown else None)
+    print(f"wrote {args.out} ({len(images)} images)")
     if strip is not None:
         strip.save(args.trajectory)
         print(f"wrote {args.trajectory} (x0 predictions of {strip.rows} samples at {len(strip.sigmas)} steps)")
@@ -68,16 +80,44 @@ def cmd_eval(args) -> None:
     from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_autoencoder, load_model
     from latentdiff.presets import is_autoencoder_config
 
-    if is_autoencoder_config(load_checkpoint(args.ckpt).config):
-        autoencoder, ae_cfg = load_autoencoder(args.ckpt, use_ema=not args.no_ema)
+    if args.target[0] == "adherence":
+        return eval_adherence(args)
+    if len(args.target) != 1:
+        sys.exit("usage: latentdiff eval CKPT | latentdiff eval adherence CKPT --prompts FILE")
+    ckpt = args.target[0]
+    if is_autoencoder_config(load_checkpoint(ckpt).config):
+        autoencoder, ae_cfg = load_autoencoder(ckpt, use_ema=not args.no_ema)
         report = evaluate_autoencoder(autoencoder, ae_cfg.data, n_fd=args.n, seed=args.seed)
     else:
-        denoiser, autoencoder, cfg = load_model(args.ckpt, use_ema=not args.no_ema)
+        denoiser, autoencoder, cfg = load_model(ckpt, use_ema=not args.no_ema)
         report, _, _ = evaluate_model(denoiser, cfg, args.n, sampler=args.sampler, steps=args.steps,
                                       spacing=args.spacing, guidance=args.guidance, seed=args.seed,
                                       autoencoder=autoencoder)
     print(json.dumps(report, indent=2))
     _write_json(args.json, report)
+
+
+def eval_adherence(args) -> None:
+    from latentdiff.data.shapes import held_out_prompts
+    from latentdiff.io.images import save_prompt_rows
+    from latentdiff.pipelines import evaluate_adherence, load_model
+
+    if len(args.target) != 2:
+        sys.exit("usage: latentdiff eval adherence CKPT --prompts FILE --n-per-prompt K --guidance G --json PATH")
+    denoiser, autoencoder, cfg = load_model(args.target[1], use_ema=not args.no_ema)
+    if cfg.text is None:
+        sys.exit(f"{args.target[1]} is not a text-to-image model")
+    if args.prompts:
+        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    else:
+        prompts = held_out_prompts()
+    report, images = evaluate_adherence(denoiser, cfg, prompts, args.n_per_prompt, guidance=args.guidance,
+                                        sampler=args.sampler, steps=args.steps, spacing=args.spacing,
+                                        seed=args.seed, autoencoder=autoencoder)
+    print(json.dumps(report["overall"], indent=2))
+    _write_json(args.json, report)
+    if args.png:
+        save_prompt_rows(images, prompts, args.png, title=f"guidance {report['guidance']:g}")
 
 
 def cmd_demo(args) -> None:
@@ -119,14 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nrow", type=int)
     p.add_argument("--class-label", type=int, help="sample one class (default: all classes in turn)")
     p.add_argument("--trajectory", metavar="PNG", help="also save the x0 prediction of each step (a row per sample)")
+    p.add_argument("--prompt", help="text-to-image: the prompt (default: a row per grid prompt)")
+    p.add_argument("--negative-prompt", default="", help="text-to-image: what guidance steers away from "
+                   "(default: the empty prompt, i.e. the unconditional model)")
+    p.add_argument("--threshold", choices=("none", "static", "dynamic"), help="clip x0 predictions (pixel models)")
+    p.add_argument("--percentile", type=float, help="dynamic thresholding's percentile p (default: the run's)")
     _sampling_args(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="FD-EffNet (with floor) and class accuracy of a checkpoint's samples; for an "
-                       "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use")
-    p.add_argument("ckpt")
+                       "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use; "
+                       "`eval adherence CKPT`: prompt adherence of a shapes text-to-image model")
+    p.add_argument("target", nargs="+", metavar="[adherence] CKPT")
     p.add_argument("--n", type=int, default=1000, help="number of samples (and real images) compared")
     p.add_argument("--json", help="write the numbers to this JSON file")
+    p.add_argument("--prompts", help="adherence: a file of prompts, one per line (default: the held-out prompts)")
+    p.add_argument("--n-per-prompt", type=int, default=16, help="adherence: samples per prompt")
+    p.add_argument("--png", help="adherence: also save the prompts and their samples as a figure")
     _sampling_args(p)
     p.set_defaults(func=cmd_eval)
 

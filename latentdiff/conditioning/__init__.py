@@ -1,5 +1,7 @@
-"""Conditioning: frozen text encoders (CFG condition dropout and small CLIP come with text-to-image)."""
+"""Conditioning: frozen text encoders, their on-disk embedding cache, captioned datasets."""
 
-from latentdiff.conditioning.text import TextEncoder, default_text_encoder_path
+from latentdiff.conditioning.text import TextConfig, TextEncoder, default_text_encoder_path, null_condition
+from latentdiff.conditioning.text_cache import TextConditioned, TextTable, text_table
 
-__all__ = ["TextEncoder", "default_text_encoder_path"]
+__all__ = ["TextConfig", "TextEncoder", "default_text_encoder_path", "null_condition", "TextConditioned",
+           "TextTable", "text_table"]

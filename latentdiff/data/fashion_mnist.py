@@ -38,6 +38,38 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 
+# Captions for text-to-image on real data: a few names per class and a few templates.
+CLASS_SYNONYMS = (
+    ("T-shirt", "top", "tee"),
+    ("pair of trousers", "pair of pants", "pair of jeans"),
+    ("pullover", "sweater", "jumper"),
+    ("dress", "summer dress", "frock"),
+    ("coat", "jacket", "winter coat"),
+    ("sandal", "summer sandal", "flip-flop"),
+    ("shirt", "button-up shirt", "blouse"),
+    ("sneaker", "trainer", "running shoe"),
+    ("bag", "handbag", "purse"),
+    ("ankle boot", "boot", "short boot"),
+)
+CAPTION_TEMPLATES = ("a photo of {a}", "{name}, product photo", "{a} on a black background",
+                     "a grey picture of {a}", "{name}")
+
+
+def class_caption(label: int, template: int = 0, synonym: int = 0) -> str:
+    """"a photo of an ankle boot", "sneaker, product photo", ...: template and synonym by index."""
+    name = CLASS_SYNONYMS[label][synonym]
+    article = "an" if name[0].lower() in "aeiou" else "a"
+    return CAPTION_TEMPLATES[template].format(a=f"{article} {name}", name=name)
+
+
+def class_captions(labels: torch.Tensor, seed: int = 0) -> list[str]:
+    """One caption per label, template and synonym drawn from ``seed`` (fixed per dataset item)."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randint(0, len(CAPTION_TEMPLATES), (len(labels),), generator=g).tolist()
+    synonyms = torch.randint(0, 3, (len(labels),), generator=g).tolist()
+    return [class_caption(int(y), t, s) for y, t, s in zip(labels.tolist(), templates, synonyms)]
+
+
 # IDX type code -> numpy dtype (big-endian where it matters).
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -158,6 +190,13 @@ class FashionMNIST(Dataset):
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+    @property
+    def captions(self) -> list[str]:
+        """One caption per image from its class name (``class_captions``; fixed for a split)."""
+        if not hasattr(self, "_captions"):
+            self._captions = class_captions(self.labels, seed=0 if self.split == "train" else 1)
+        return self._captions
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """Returns ``{"x": (1, S, S) float in [-1, 1], "label": () int64}``."""

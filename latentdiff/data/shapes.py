@@ -1,7 +1,7 @@
 """``shapes``: a procedural captioned dataset whose every attribute is known exactly.
 
 Each image holds one or two shapes (circle, square, triangle) in one of six saturated colours, at
-two sizes, on a plain or textured background that is always grey (R = G = B), so a colour is
+two sizes, on a plain or striped background that is always grey (R = G = B), so a colour is
 read back from a pixel exactly. Item i of a split is a pure function of (seed, split, i).
 
 Captions, in one grammar (``caption_of`` writes it, ``parse_prompt`` reads it)::
@@ -27,11 +27,12 @@ import torch
 COLOURS = {"red": (220, 40, 40), "orange": (240, 140, 30), "yellow": (235, 215, 40),
            "green": (40, 180, 60), "blue": (50, 80, 230), "purple": (150, 60, 200)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.25, "large": 0.42}        # side / diameter as a fraction of the image side
+SIZES = {"small": 0.3, "large": 0.45}         # side / diameter as a fraction of the image side
 GRID = (0.25, 0.5, 0.75)                       # object centres as fractions of the side
 ROWS, COLS = ("top", "", "bottom"), ("left", "", "right")
 RELATIONS = ("left of", "right of", "above", "below")
 HELD_OUT_PAIRS = (("red", "triangle"), ("blue", "circle"), ("yellow", "square"))
+VERSION = 2  # bump whenever drawing or sampling changes, so cached features and latents are not reused
 
 
 def position_name(row: int, col: int) -> str:
@@ -88,11 +89,10 @@ def draw(objs: list[Obj], size: int, rng: np.random.Generator, textured: bool) -
     """Render objects on a grey background: (size, size, 3) uint8."""
     level = rng.integers(15, 90)
     grey = np.full((size, size), level, np.float64)
-    if textured:  # achromatic stripes and noise: still R = G = B
+    if textured:  # achromatic stripes: still R = G = B
         yy, xx = np.mgrid[:size, :size]
         angle, period = rng.uniform(0, np.pi), rng.uniform(3, 8)
         grey += 18 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
-        grey += rng.normal(0, 6, grey.shape)
     img = np.repeat(np.clip(grey, 0, 110).astype(np.uint8)[..., None], 3, axis=2)
     yy, xx = np.mgrid[:size, :size] + 0.5
     for o in objs:
@@ -161,6 +161,7 @@ class ShapesDataset:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.image_size, self.split, self.seed = image_size, split, seed
+        self.cache_key = f"shapes-v{VERSION}-seed{seed}-n{n}"
         held_out = set(HELD_OUT_PAIRS)
         allow = (lambda c, s: (c, s) not in held_out) if split == "train" else (lambda c, s: True)
         images, self.attributes, self.captions, self.alt_texts = [], [], [], []

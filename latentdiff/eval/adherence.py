@@ -3,7 +3,7 @@ image with exact rules, and score an image against its prompt (DESIGN.md section
 
 Reading an image: backgrounds are grey, so a pixel belongs to an object when its saturation
 (max - min channel) exceeds ``SATURATION``; its colour is the nearest palette colour. Per colour,
-the largest 4-connected component is the object. Shape from how much of its bounding box it fills
+the largest 4-connected component, its holes filled, is the object. Shape from how much of its bounding box it fills
 (square 1, circle pi/4, triangle 1/2), size from the box side, position from the box centre's
 nearest grid line, relation from the centres' larger displacement.
 """
@@ -43,7 +43,7 @@ def read_scene(image: torch.Tensor | np.ndarray) -> list[dict]:
         areas = np.bincount(labels.ravel())[1:]
         if areas.max() < 0.3 * small_area:
             continue
-        ys, xs = np.nonzero(labels == 1 + int(areas.argmax()))
+        ys, xs = np.nonzero(scipy.ndimage.binary_fill_holes(labels == 1 + int(areas.argmax())))
         h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
         fill = len(ys) / (h * w)
         side = max(h, w) / S
@@ -85,3 +85,37 @@ def score(prompt: str, image: torch.Tensor | np.ndarray) -> dict:
         checks["relation"] = a is not None and b is not None and relation_of(a, b) == relation
     checks["count"] = len(found) == len(wanted)
     return {"checks": checks, "all_correct": all(checks.values())}
+
+
+def attribute_of(check: str) -> str:
+    """"colour_0" -> "colour": the attribute a check is about."""
+    return check.split("_")[0]
+
+
+def summarize(prompts: list[str], scores: list[list[dict]]) -> dict:
+    """Prompt adherence of K samples per prompt (``scores[i]``: the :func:`score` of each sample).
+
+    Returns {"per_prompt": [{prompt, objects, all_correct, attributes: {attribute: accuracy}}],
+    "overall": {"all_correct", "single_object_all_correct", "two_object_all_correct",
+    "attributes": {...}, "n_prompts", "n_samples"}}; rates are fractions of samples.
+    """
+    per_prompt, by_objects, attributes = [], {1: [], 2: []}, {}
+    for prompt, samples in zip(prompts, scores):
+        wanted, _ = parse_prompt(prompt)
+        correct = [s["all_correct"] for s in samples]
+        by_objects[len(wanted)] += correct
+        acc: dict[str, list[bool]] = {}
+        for s in samples:
+            for check, ok in s["checks"].items():
+                acc.setdefault(attribute_of(check), []).append(ok)
+        for name, oks in acc.items():
+            attributes.setdefault(name, []).extend(oks)
+        per_prompt.append({"prompt": prompt, "objects": len(wanted), "all_correct": float(np.mean(correct)),
+                           "attributes": {k: float(np.mean(v)) for k, v in acc.items()}})
+    everything = by_objects[1] + by_objects[2]
+    rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+    overall = {"all_correct": rate(everything), "single_object_all_correct": rate(by_objects[1]),
+               "two_object_all_correct": rate(by_objects[2]),
+               "attributes": {k: rate(v) for k, v in attributes.items()},
+               "n_prompts": len(prompts), "n_samples": len(everything)}
+    return {"per_prompt": per_prompt, "overall": overall}

@@ -122,6 +122,8 @@ def fd_effnet(images_a: torch.Tensor, images_b: torch.Tensor) -> float:
 def _dataset_key(dataset: Dataset) -> str:
     """A short, file-name-safe identity of a dataset for cache keys."""
     name = type(dataset).__name__.lower()
+    if getattr(dataset, "cache_key", None):
+        return dataset.cache_key
     if name == "fashionmnist":
         return "fmnist"
     root = getattr(dataset, "root", None)

@@ -92,6 +92,32 @@ def save_grid(
     return path
 
 
+def save_prompt_rows(images: torch.Tensor, prompts: list[str], path: str | os.PathLike,
+                     title: str | None = None) -> Path:
+    """A figure with one row per prompt: the prompt, then its samples. ``images`` (P * K, C, H, W)
+    in [-1, 1], prompt-major (the K samples of prompt 0 first). Returns the path written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_row = len(images) // len(prompts)
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(1.0 + 0.8 * per_row, 0.85 * len(prompts) + 0.4), squeeze=False)
+    for i, (ax, prompt) in enumerate(zip(axes[:, 0], prompts)):
+        grid = make_grid(images[i * per_row:(i + 1) * per_row], nrow=per_row)
+        ax.imshow(grid[:, :, 0] if grid.shape[2] == 1 else grid, cmap="gray", interpolation="nearest")
+        ax.set_title(prompt, fontsize=8, loc="left", pad=2)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 class TrajectoryStrip:
     """A sampler callback that keeps the x0 prediction of the first ``rows`` samples at every step.
 

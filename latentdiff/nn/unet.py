@@ -5,7 +5,11 @@ conv_in -> for each level: N x [ResBlock (+ attention)] then a 2x downsample
 (except the last) -> middle ResBlock, attention, ResBlock -> for each level in
 reverse: N+1 x [ResBlock on (h, skip) concatenated (+ attention)] then a 2x
 upsample (except the first level) -> GroupNorm, SiLU, zero-initialised conv_out.
-Self-attention sits at the feature-map sizes listed in ``attention_resolutions``.
+Self-attention sits at the feature-map sizes listed in ``attention_resolutions``; with
+``context_dim`` > 0 each is followed by cross-attention on text tokens. A learned null token is
+placed before the text tokens of every sample, so a sample with no text (``text_mask`` all False,
+or no ``text`` at all: the empty prompt, classifier-free guidance's unconditional branch) attends
+to it alone (the learned null embedding of CFG training; Ho & Salimans 2022).
 With ``patch_size`` p > 1 the image is folded into p x p patches first (space-to-depth,
 as Hoogeboom et al. 2023 do for high resolutions), so every level runs at 1/p the size.
 """
@@ -45,7 +49,8 @@ class UNetConfig(Config):
 
 class UNet(nn.Module):
     """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None, text (B,L,D) | None,
-    text_mask (B,L) bool | None, pooled (B,D) | None) -> (B, C_out, H, W)``."""
+    text_mask (B,L) bool | None, pooled (B,D) | None) -> (B, C_out, H, W)``. Missing labels mean
+    the null class; missing text means the null token alone."""
 
     def __init__(self, cfg: UNetConfig, learned_variance: bool = False):
         super().__init__()
@@ -57,6 +62,7 @@ class UNet(nn.Module):
         self.time_embed = TimestepMLP(ch, emb_dim)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
+        self.null_token = nn.Parameter(torch.zeros(1, 1, cfg.context_dim)) if cfg.context_dim else None
         stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
                      groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                      context_dim=cfg.context_dim)
@@ -96,7 +102,8 @@ class UNet(nn.Module):
     def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None,
               pooled: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_embed(t)
-        if self.pooled_embed is not None and pooled is not None:
+        if self.pooled_embed is not None:  # no pooled embedding: the empty prompt's, zero
+            pooled = torch.zeros(t.shape[0], self.cfg.pooled_dim, device=t.device) if pooled is None else pooled
             emb = emb + self.pooled_embed(pooled.to(emb.dtype))
         if self.class_embed is not None:
             if class_labels is None:  # no label given: the null (unconditional) class
@@ -104,13 +111,24 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(class_labels)
         return emb
 
+    def context(self, batch_size: int, text: torch.Tensor | None,
+                text_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned null token, then the text tokens: ((B, 1 + L, D), mask (B, 1 + L) bool)."""
+        null = self.null_token.expand(batch_size, 1, -1)
+        if text is None:
+            return null, torch.ones(batch_size, 1, dtype=torch.bool, device=null.device)
+        if text_mask is None:
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        keep = torch.ones(batch_size, 1, dtype=torch.bool, device=text.device)
+        return torch.cat([null.to(text.dtype), text], 1), torch.cat([keep, text_mask.bool()], 1)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                 text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                 pooled: torch.Tensor | None = None) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        if self.cfg.context_dim and text is None:
-            raise ValueError("this U-Net cross-attends to text: pass text (B, L, D) (and text_mask)")
+        if self.cfg.context_dim:
+            text, text_mask = self.context(x.shape[0], text, text_mask)
         emb = self.embed(t, class_labels, pooled).to(x.dtype)
         if self.cfg.patch_size > 1:  # (B, C, H, W) -> (B, C p^2, H/p, W/p)
             x = F.pixel_unshuffle(x, self.cfg.patch_size)

@@ -31,7 +31,7 @@ class DiffusionConfig(Config):
     min_snr_gamma: float | None = None  # None: plain MSE (Algorithm 1 for eps)
     learned_variance: bool = False    # Improved DDPM hybrid loss
     vlb_weight: float = 0.001         # lambda in L_simple + lambda L_vlb
-    cond_drop_prob: float = 0.0       # classifier-free guidance: labels dropped to the null class
+    cond_drop_prob: float = 0.0       # classifier-free guidance: labels -> null class, text -> no tokens
 
 
 def snr_weight(snr: torch.Tensor, parameterisation: str, gamma: float | None) -> torch.Tensor:
@@ -46,8 +46,11 @@ class DiffusionLoss:
     """``loss_fn(model, batch, generator) -> (loss, logs)`` for the trainer (training/trainer.py).
 
     ``batch["x"]`` is (B, C, H, W) data x0; ``batch["label"]`` (B,) class labels when
-    ``num_classes`` > 0. Labels are replaced by the null class ``num_classes`` with
-    probability ``cond_drop_prob`` (classifier-free guidance, Ho & Salimans 2022).
+    ``num_classes`` > 0; ``batch["text"]`` (B, L, D), ``"text_mask"`` (B, L), ``"pooled"`` (B, D)
+    for text-to-image. With probability ``cond_drop_prob`` a sample's condition is dropped
+    (classifier-free guidance, Ho & Salimans 2022): its label becomes the null class
+    ``num_classes``, its text the empty prompt (zero tokens, all-False mask, zero pooled), one
+    draw per sample for all of them.
     """
 
     def __init__(self, cfg: DiffusionConfig, num_classes: int = 0):
@@ -60,13 +63,21 @@ class DiffusionLoss:
         return torch.randint(0, self.cfg.timesteps, (batch_size,), generator=generator)
 
     def cond_from_batch(self, batch: dict, generator: torch.Generator) -> dict:
-        if self.num_classes == 0:
-            return {}
-        labels = batch["label"]
-        if self.cfg.cond_drop_prob > 0:
-            drop = torch.rand(labels.shape, generator=generator) < self.cfg.cond_drop_prob
-            labels = torch.where(drop.to(labels.device), torch.full_like(labels, self.num_classes), labels)
-        return {"class_labels": labels}
+        B = batch["x"].shape[0]
+        drop = torch.zeros(B, dtype=torch.bool)
+        if self.cfg.cond_drop_prob > 0 and (self.num_classes or "text" in batch):
+            drop = torch.rand(B, generator=generator) < self.cfg.cond_drop_prob
+        drop = drop.to(batch["x"].device)
+        cond = {}
+        if self.num_classes:
+            labels = batch["label"]
+            cond["class_labels"] = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        if "text" in batch:
+            keep = ~drop
+            cond["text"] = batch["text"] * keep[:, None, None]
+            cond["text_mask"] = batch["text_mask"] & keep[:, None]
+            cond["pooled"] = batch["pooled"] * keep[:, None]
+        return cond
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
         x0 = batch["x"]

@@ -10,7 +10,7 @@ from torch import nn
 
 from latentdiff.autoencoders import IdentityAutoencoder, LatentAutoencoder, build_autoencoder
 from latentdiff.autoencoders.losses import AutoencoderTraining, psnr
-from latentdiff.data import DataConfig, build_dataset
+from latentdiff.data import DataConfig, build_dataset, shapes
 from latentdiff.data.latent_cache import META_FILE, LatentDataset, write_latent_cache
 from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset
 from latentdiff.io.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_checkpoint, resolve_checkpoint,
@@ -66,7 +66,8 @@ def train_autoencoder_run(cfg: AutoencoderRunConfig, out_dir: str | Path, cpu: b
     trainer = autoencoder_trainer(cfg, out_dir, cpu)
     summary = trainer.train()
     if trainer.accelerator.is_main_process:
-        images = random_subset(build_dataset(cfg.data, "train"), n_scale, seed=0)
+        train = build_dataset(cfg.data, "train")
+        images = random_subset(train, min(n_scale, len(train)), seed=0)
         summary["scale_factor"] = measure_latent_scale(trainer.ema.model.autoencoder, images)
         set_latent_scale(trainer.ckpt_dir, summary["scale_factor"])
     return summary
@@ -140,7 +141,7 @@ def _cache_key(ckpt: str | Path, data: DataConfig, split: str) -> str:
     for name in (CONFIG_FILE, EMA_FILE, MODEL_FILE):
         if (found / name).is_file():
             h.update((found / name).read_bytes())
-    h.update(data.to_json().encode() + split.encode())
+    h.update(data.to_json().encode() + split.encode() + str(shapes.VERSION if data.name == "shapes" else "").encode())
     return h.hexdigest()[:16]
 
 

@@ -9,14 +9,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentdiff.data import build_dataset
+from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
+from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.io.checkpoint import load_checkpoint
 from latentdiff.nn.unet import UNet
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
-from latentdiff.sampling import CFGDenoiser, get_sampler, prior_noise
+from latentdiff.sampling import CFGDenoiser, ThresholdedDenoiser, get_sampler, prior_noise
 from latentdiff.sampling.fitted import FittedGrid, fit_sigmas
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
 from latentdiff.training.trainer import Trainer
@@ -59,15 +60,34 @@ def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
-def guided(denoiser: Denoiser, labels: torch.Tensor | None, guidance: float) -> tuple:
-    """(model, cond) for class labels (B,) or None: CFG against the null class when guidance != 1."""
-    if labels is None:
-        return denoiser, {}
-    cond = {"class_labels": labels}
-    if guidance == 1.0:
-        return denoiser, cond
-    null = {"class_labels": torch.full_like(labels, denoiser.net.cfg.num_classes)}
-    return CFGDenoiser(denoiser, guidance, null), cond
+def conditions(denoiser: Denoiser, labels: torch.Tensor | None = None, prompts: list[str] | None = None,
+               negative_prompt: str = "", text_encoder=None) -> tuple[dict, dict]:
+    """(cond, uncond) dicts for a batch: class labels (B,) against the null class, prompts (B
+    strings) against ``negative_prompt`` ("" = the unconditional model). ``text_encoder`` has
+    ``condition(prompts) -> {"text", "text_mask", "pooled"}`` (a TextEncoder or TextTable)."""
+    cond, uncond = {}, {}
+    if labels is not None:
+        cond["class_labels"] = labels
+        uncond["class_labels"] = torch.full_like(labels, denoiser.net.cfg.num_classes)
+    if prompts is not None:
+        if text_encoder is None:
+            raise ValueError("prompts need a text_encoder")
+        device = next(denoiser.net.parameters()).device
+        cond.update({k: v.to(device) for k, v in text_encoder.condition(list(prompts)).items()})
+        uncond.update({k: v.to(device) for k, v in text_encoder.condition([negative_prompt] * len(prompts)).items()})
+    return cond, uncond
+
+
+def guided(denoiser: Denoiser, cond: dict, uncond: dict, guidance: float, threshold: str = "none",
+           percentile: float = 0.995) -> nn.Module:
+    """The denoiser with classifier-free guidance (when guidance != 1 and there is a condition) and
+    x0 clipping: ``threshold`` none | static ([-1, 1]) | dynamic (Imagen, at ``percentile``)."""
+    model = denoiser if guidance == 1.0 or not cond else CFGDenoiser(denoiser, guidance, uncond)
+    if threshold not in ("none", "static", "dynamic"):
+        raise ValueError(f"threshold must be none, static or dynamic; got {threshold!r}")
+    if threshold != "none":
+        model = ThresholdedDenoiser(model, percentile if threshold == "dynamic" else None)
+    return model
 
 
 @torch.no_grad()
@@ -85,7 +105,8 @@ def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: floa
     g = torch.Generator().manual_seed(seed)
     x_T = prior_noise((n_pilot, net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size), sched.sigma_max, g)
     labels = (torch.arange(n_pilot) % net_cfg.num_classes).to(device) if net_cfg.num_classes else None
-    model, cond = guided(denoiser, labels, guidance)
+    cond, uncond = conditions(denoiser, labels)
+    model = guided(denoiser, cond, uncond, guidance)
     x_T = x_T.to(device)
     x_ref = get_sampler("dpmpp_3m")(model, x_T.clone(), sigma_grid(sched, reference_steps, "logsnr"), cond=cond)
     starts = {sp: sigma_grid(sched, nfe, sp) for sp in ("trailing", "logsnr", "karras")}
@@ -93,16 +114,20 @@ def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: floa
 
 
 @torch.no_grad()
-def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = None, sampler: str = "dpmpp_2m",
-             steps: int = 20, spacing: str = "karras", guidance: float = 1.0, seed: int = 0,
+def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = None,
+             prompts: list[str] | None = None, negative_prompt: str = "", text_encoder=None,
+             sampler: str = "dpmpp_2m", steps: int = 20, spacing: str = "karras", guidance: float = 1.0,
+             threshold: str = "none", percentile: float = 0.995, seed: int = 0,
              batch_size: int = 250, progress: bool = False, callback: Callable | None = None,
              bf16: bool = False, sigmas: torch.Tensor | None = None,
              autoencoder: nn.Module | None = None) -> torch.Tensor:
     """Draw n samples (n, C, H, W) in [-1, 1]; with an ``autoencoder`` the sampled latents are decoded.
 
     Noise comes from one CPU generator seeded with ``seed`` (the same images on CPU and GPU,
-    whatever the batch size). ``class_labels`` (n,) for class-conditional models; guidance
-    other than 1 wraps the denoiser in classifier-free guidance against the null class.
+    whatever the batch size). ``class_labels`` (n,) for class-conditional models; ``prompts``
+    (n strings) and a ``text_encoder`` for text-to-image. Guidance other than 1 wraps the denoiser
+    in classifier-free guidance against the null class / the ``negative_prompt`` ("" = none, the
+    unconditional model); ``threshold`` clips its x0 predictions (see ``guided``).
     ``bf16`` runs the network under bfloat16 autocast; the sampler's arithmetic stays float32.
     ``sigmas`` (steps + 1,) overrides the grid; steps/spacing are then ignored. ``spacing="fitted"``
     first fits the grid to this model (``fit_model_grid``; measured on the demo model, one busy CPU
@@ -122,7 +147,9 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
     for start in range(0, n, batch_size):
         x = x_T[start:start + batch_size].to(device)
         labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
-        model, cond = guided(denoiser, labels, guidance)
+        batch_prompts = None if prompts is None else prompts[start:start + batch_size]
+        cond, uncond = conditions(denoiser, labels, batch_prompts, negative_prompt, text_encoder)
+        model = guided(denoiser, cond, uncond, guidance, threshold, percentile)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
         out.append((x if autoencoder is None else autoencoder.decode(x.float())).cpu())
@@ -131,23 +158,49 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
     return torch.cat(out).clamp(-1, 1)
 
 
+def text_encoder_for(cfg: RunConfig) -> TextEncoder | None:
+    """The run's frozen text encoder (None when it is not a text-to-image run)."""
+    return None if cfg.text is None else TextEncoder(cfg.text.encoder, cfg.text.max_length)
+
+
+def text_conditioned(cfg: RunConfig, dataset, extra_prompts: list[str] = ()) -> TextConditioned:
+    """``dataset`` (images or their latents) with each item's caption encoded, from the text cache.
+    The table also holds ``extra_prompts`` (the training grids' prompts)."""
+    captions = getattr(dataset, "captions", None) or build_dataset(cfg.data, "train").captions
+    table = text_table(cfg.text, list(captions) + list(extra_prompts))
+    width = table.tokens.shape[-1]
+    if cfg.model.context_dim not in (0, width) or cfg.model.pooled_dim not in (0, width):
+        raise ValueError(f"the text encoder gives {width}-d states but the U-Net has context_dim "
+                         f"{cfg.model.context_dim}, pooled_dim {cfg.model.pooled_dim}")
+    return TextConditioned(dataset, list(captions), table)
+
+
 def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, channels_last: bool = True) -> dict:
     """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint)."""
     autoencoder = autoencoder_for(cfg)
     dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
+    prompts = grid_prompts(cfg.data) if cfg.text is not None else None
+    if prompts is not None:
+        dataset = text_conditioned(cfg, dataset, prompts)
     net = build_backbone(cfg)
     if channels_last:  # faster convolutions on CPU (oneDNN) and GPU tensor cores
         net = net.to(memory_format=torch.channels_last)
     loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
-    per_class = max(1, cfg.sample.n_grid // max(cfg.model.num_classes, 1))
+    rows = len(prompts) if prompts is not None else max(cfg.model.num_classes, 1)
+    per_row = max(1, cfg.sample.n_grid // rows)
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
-        labels = class_grid_labels(cfg.model.num_classes, per_class) if cfg.model.num_classes else None
-        n = len(labels) if labels is not None else cfg.sample.n_grid
-        return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, sampler=cfg.sample.sampler,
-                        steps=cfg.sample.steps, spacing=cfg.sample.spacing, guidance=cfg.sample.guidance,
+        labels = class_grid_labels(cfg.model.num_classes, per_row) if cfg.model.num_classes else None
+        grid = None if prompts is None else [p for p in prompts for _ in range(per_row)]
+        n = len(labels) if labels is not None else len(grid) if grid is not None else cfg.sample.n_grid
+        s = cfg.sample
+        return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, prompts=grid,
+                        text_encoder=None if prompts is None else dataset.table, sampler=s.sampler, steps=s.steps,
+                        spacing=s.spacing, guidance=s.guidance, threshold=s.threshold, percentile=s.percentile,
                         bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
 
+    if prompts is not None:
+        sample_fn.caption = "EMA samples, a row per prompt: " + " | ".join(prompts[:4]) + " | ..."
     trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(), sample_fn=sample_fn,
                       cpu=cpu)
     return trainer.train()

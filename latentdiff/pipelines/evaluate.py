@@ -1,4 +1,4 @@
-"""Evaluate a class-conditional image model: FD-EffNet with its floor, and class accuracy (DESIGN.md section 5)."""
+"""Evaluate an image model: FD-EffNet with its floor, class accuracy, prompt adherence (DESIGN.md section 5)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import time
 
 import torch
 
-from latentdiff.data import build_dataset
+from latentdiff.data import build_dataset, class_caption
 from latentdiff.eval import class_accuracy, fd_with_floor, load_or_train_classifier
-from latentdiff.pipelines.diffusion import generate, samples_in_bf16
+from latentdiff.eval.adherence import score, summarize
+from latentdiff.pipelines.diffusion import generate, samples_in_bf16, text_encoder_for
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
 
@@ -32,23 +33,59 @@ def evaluate_images(images: torch.Tensor, labels: torch.Tensor | None, cfg: RunC
     return report
 
 
+def evaluation_prompts(cfg: RunConfig, n: int) -> tuple[list[str], torch.Tensor | None]:
+    """n prompts for a text-to-image run's FD and accuracy, and their class labels where they have
+    them: Fashion-MNIST: "a photo of {class}" for balanced classes; others: the test split's captions."""
+    if cfg.data.name == "fmnist":
+        labels = balanced_labels(n, 10)
+        return [class_caption(int(y)) for y in labels], labels
+    captions = build_dataset(cfg.data, "test").captions
+    return [captions[i % len(captions)] for i in range(n)], None
+
+
 def evaluate_model(denoiser: Denoiser, cfg: RunConfig, n: int = 1000, *, sampler: str | None = None,
                    steps: int | None = None, spacing: str | None = None, guidance: float | None = None,
-                   seed: int = 0, progress: bool = True,
-                   autoencoder: torch.nn.Module | None = None) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
-    """Sample n images (balanced classes) with the run's default sampling unless overridden; returns
-    (report, images, labels). The report includes the sampler settings and sampling images/s
-    (decoding included for latent models: pass their ``autoencoder``)."""
+                   seed: int = 0, progress: bool = True, autoencoder: torch.nn.Module | None = None,
+                   text_encoder=None) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
+    """Sample n images (balanced classes; for text-to-image, ``evaluation_prompts``) with the run's
+    default sampling unless overridden; returns (report, images, labels). The report includes the
+    sampler settings and sampling images/s (decoding included for latent models: pass their
+    ``autoencoder``; text encoding included for text-to-image)."""
     s = cfg.sample
     sampler, steps = sampler or s.sampler, steps or s.steps
     spacing, guidance = spacing or s.spacing, s.guidance if guidance is None else guidance
     labels = balanced_labels(n, cfg.model.num_classes) if cfg.model.num_classes else None
+    prompts = None
+    if cfg.text is not None:
+        prompts, labels = evaluation_prompts(cfg, n)
+        text_encoder = text_encoder or text_encoder_for(cfg)
     start = time.perf_counter()
-    images = generate(denoiser, n, class_labels=labels, sampler=sampler, steps=steps, spacing=spacing,
-                      guidance=guidance, seed=seed, progress=progress, bf16=samples_in_bf16(cfg),
-                      autoencoder=autoencoder)
+    images = generate(denoiser, n, class_labels=labels if cfg.model.num_classes else None, prompts=prompts,
+                      text_encoder=text_encoder, sampler=sampler, steps=steps, spacing=spacing,
+                      guidance=guidance, threshold=s.threshold, percentile=s.percentile, seed=seed,
+                      progress=progress, bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
     seconds = time.perf_counter() - start
     report = evaluate_images(images, labels, cfg, seed=seed)
     report.update(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
                   sample_seconds=round(seconds, 1), sample_images_per_s=n / seconds)
     return report, images, labels
+
+
+def evaluate_adherence(denoiser: Denoiser, cfg: RunConfig, prompts: list[str], n_per_prompt: int = 16, *,
+                       guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+                       spacing: str | None = None, seed: int = 0, progress: bool = True,
+                       autoencoder: torch.nn.Module | None = None, text_encoder=None) -> tuple[dict, torch.Tensor]:
+    """Prompt adherence on ``shapes`` (``eval.adherence``): ``n_per_prompt`` samples of each prompt,
+    read back by the exact parser. Returns (report, images (P * K, C, H, W), prompt-major)."""
+    s = cfg.sample
+    guidance = s.guidance if guidance is None else guidance
+    repeated = [p for p in prompts for _ in range(n_per_prompt)]
+    images = generate(denoiser, len(repeated), prompts=repeated, text_encoder=text_encoder or text_encoder_for(cfg),
+                      sampler=sampler or s.sampler, steps=steps or s.steps, spacing=spacing or s.spacing,
+                      guidance=guidance, threshold=s.threshold, percentile=s.percentile, seed=seed,
+                      progress=progress, bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
+    scores = [[score(p, images[i * n_per_prompt + k]) for k in range(n_per_prompt)] for i, p in enumerate(prompts)]
+    report = summarize(prompts, scores)
+    report.update(guidance=guidance, n_per_prompt=n_per_prompt, sampler=sampler or s.sampler,
+                  steps=steps or s.steps, seed=seed)
+    return report, images
