@@ -74,7 +74,8 @@ def conditions(denoiser: Denoiser, labels: torch.Tensor | None = None, prompts: 
             raise ValueError("prompts need a text_encoder")
         device = next(denoiser.net.parameters()).device
         cond.update({k: v.to(device) for k, v in text_encoder.condition(list(prompts)).items()})
-        uncond.update({k: v.to(device) for k, v in text_encoder.condition([negative_prompt] * len(prompts)).items()})
+        negative = text_encoder.condition([negative_prompt])  # one encoder pass, shared by the batch
+        uncond.update({k: v.to(device).expand(len(prompts), *v.shape[1:]) for k, v in negative.items()})
     return cond, uncond
 
 
