@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image bench-guidance clean
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet bench-guidance clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,19 @@ text-to-image: setup
 		--json benchmarks/results/shapes_t2i_adherence_w1.json
 	$(BIN)/latentdiff train --preset fmnist-t2i --out runs/fmnist-t2i
 	$(BIN)/latentdiff eval runs/fmnist-t2i/checkpoint --n 1000 --json benchmarks/results/fmnist_t2i.json
+
+# ControlNet: edges and masks on shapes (30 min each), edges on Fashion-MNIST (20 min), over the
+# frozen text-to-image models of `make text-to-image`, then their control fidelity and FD
+controlnet: setup
+	$(BIN)/latentdiff train --preset shapes-controlnet-edges --out runs/shapes-cn-edges
+	$(BIN)/latentdiff eval control runs/shapes-t2i/checkpoint --controlnet runs/shapes-cn-edges/checkpoint \
+		--n 500 --seed 0 --json benchmarks/results/shapes_controlnet_edges.json --png docs/shapes_controlnet_edges.png
+	$(BIN)/latentdiff train --preset shapes-controlnet-mask --out runs/shapes-cn-mask
+	$(BIN)/latentdiff eval control runs/shapes-t2i/checkpoint --controlnet runs/shapes-cn-mask/checkpoint \
+		--n 500 --seed 0 --json benchmarks/results/shapes_controlnet_mask.json --png docs/shapes_controlnet_mask.png
+	$(BIN)/latentdiff train --preset fmnist-controlnet-edges --out runs/fmnist-cn-edges
+	$(BIN)/latentdiff eval control runs/fmnist-t2i/checkpoint --controlnet runs/fmnist-cn-edges/checkpoint \
+		--n 500 --seed 0 --json benchmarks/results/fmnist_controlnet_edges.json --png docs/fmnist_controlnet_edges.png
 
 # guidance scale 1..10 against adherence and FD-EffNet (needs runs/shapes-t2i)
 bench-guidance: setup

@@ -13,6 +13,8 @@ from latentdiff.autoencoders.models import AutoencoderConfig
 from latentdiff.conditioning.text import TextConfig
 from latentdiff.config import Config
 from latentdiff.data import DataConfig
+from latentdiff.data.control import ControlConfig
+from latentdiff.nn.controlnet import ControlNetConfig
 from latentdiff.nn.unet import UNetConfig
 from latentdiff.objectives.diffusion import DiffusionConfig
 from latentdiff.training.trainer import TrainConfig
@@ -49,6 +51,29 @@ class RunConfig(Config):
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlNetRunConfig(Config):
+    """A ControlNet run on a frozen text-to-image (or class-conditional) base checkpoint ``base``:
+    its data, autoencoder, text encoder and diffusion settings are the base's. ``prompt_drop_prob``:
+    the share of training captions replaced by the empty prompt (the paper uses 50%), so that the
+    ControlNet also learns to follow the control alone. ``base_model`` is filled in at training time
+    with the base U-Net's config, against which a base is checked when the ControlNet is loaded."""
+
+    task: str = "controlnet"
+    description: str = ""
+    base: str = ""
+    control: ControlConfig = ControlConfig()
+    controlnet: ControlNetConfig = ControlNetConfig()
+    prompt_drop_prob: float = 0.5
+    base_model: UNetConfig | None = None
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+
+def is_controlnet_config(config: dict) -> bool:
+    return config.get("task") == "controlnet"
 
 
 def _fmnist_ddpm() -> RunConfig:
@@ -218,6 +243,47 @@ def _tiny_t2i() -> RunConfig:
                         sample=base.sample.replace(threshold="dynamic"))
 
 
+def _shapes_controlnet_edges() -> ControlNetRunConfig:
+    """ControlNet on Canny edges of shapes, over the frozen shapes-t2i model (runs/shapes-t2i first)."""
+    return ControlNetRunConfig(
+        description="ControlNet on shapes Canny edges over the frozen shapes-t2i model (train shapes-t2i into "
+                    "runs/shapes-t2i first; 30 min on 2 CPU cores)",
+        base="runs/shapes-t2i/checkpoint",
+        control=ControlConfig(kind="edges", sigma=1.0, low=0.3, high=0.6),
+        controlnet=ControlNetConfig(control_channels=1, control_size=32, hint_channels=16),
+        train=TrainConfig(batch_size=64, lr=5e-4, warmup_steps=50, grad_clip=1.0, max_steps=100_000,
+                          max_minutes=30.0, ema_decay=0.995, mixed_precision="bf16", sample_every=250,
+                          checkpoint_every=250, log_every=25),
+        sample=SampleConfig(sampler="dpmpp_2m", steps=20, spacing="karras", guidance=2.0, n_grid=8),
+    )
+
+
+def _shapes_controlnet_mask() -> ControlNetRunConfig:
+    """ControlNet on the objects' silhouettes (chroma mask) of shapes."""
+    base = _shapes_controlnet_edges()
+    return base.replace(description="ControlNet on shapes silhouette masks over the frozen shapes-t2i model "
+                                    "(runs/shapes-t2i first; 30 min on 2 CPU cores)",
+                        control=ControlConfig(kind="mask", chroma=0.25))
+
+
+def _fmnist_controlnet_edges() -> ControlNetRunConfig:
+    """ControlNet on Canny edges of Fashion-MNIST over the frozen fmnist-t2i model (pixel space)."""
+    base = _shapes_controlnet_edges()
+    return base.replace(description="ControlNet on Fashion-MNIST Canny edges over the frozen fmnist-t2i model "
+                                    "(train fmnist-t2i into runs/fmnist-t2i first; 20 min on 2 CPU cores)",
+                        base="runs/fmnist-t2i/checkpoint",
+                        control=ControlConfig(kind="edges", sigma=1.5, low=0.1, high=0.3),
+                        train=base.train.replace(max_minutes=20.0),
+                        sample=base.sample.replace(guidance=3.0, threshold="dynamic"))
+
+
+def _tiny_controlnet() -> ControlNetRunConfig:
+    base = _shapes_controlnet_edges()
+    return base.replace(description="tiny ControlNet over runs/tiny-t2i, for tests", base="runs/tiny-t2i/checkpoint",
+                        controlnet=ControlNetConfig(control_channels=1, control_size=32, hint_channels=4),
+                        train=_tiny().train, sample=_tiny().sample.replace(n_grid=4))
+
+
 PRESETS = {
     "fmnist-ddpm": _fmnist_ddpm,
     "fmnist-vae": _fmnist_vae,
@@ -226,8 +292,12 @@ PRESETS = {
     "shapes-vae": _shapes_vae,
     "shapes-t2i": _shapes_t2i,
     "fmnist-t2i": _fmnist_t2i,
+    "shapes-controlnet-edges": _shapes_controlnet_edges,
+    "shapes-controlnet-mask": _shapes_controlnet_mask,
+    "fmnist-controlnet-edges": _fmnist_controlnet_edges,
     "tiny-vae": _tiny_vae,
     "tiny-t2i": _tiny_t2i,
+    "tiny-controlnet": _tiny_controlnet,
     "tiny-ldm": _tiny_ldm,
     "fmnist-ddpm-paper": _fmnist_ddpm_paper,
     "fmnist-iddpm": _fmnist_iddpm,
@@ -235,7 +305,7 @@ PRESETS = {
 }
 
 
-def get_preset(name: str) -> RunConfig | AutoencoderRunConfig:
+def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig:
     """The preset called ``name``; unknown names list the valid ones."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")

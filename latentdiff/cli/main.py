@@ -23,13 +23,14 @@ def cmd_presets(args) -> None:
 
 def cmd_train(args) -> None:
     from latentdiff.config import apply_overrides
-    from latentdiff.pipelines import train_autoencoder_run, train_run
-    from latentdiff.presets import AutoencoderRunConfig, get_preset
+    from latentdiff.pipelines import train_autoencoder_run, train_controlnet_run, train_run
+    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, get_preset
 
     cfg = apply_overrides(get_preset(args.preset), args.set or [])
     if args.minutes is not None:
         cfg = cfg.replace(train=cfg.train.replace(max_minutes=args.minutes))
-    train = train_autoencoder_run if isinstance(cfg, AutoencoderRunConfig) else train_run
+    train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run}.get(
+        type(cfg), train_run)
     summary = train(cfg, args.out)
     print(json.dumps(summary))
 
@@ -40,7 +41,11 @@ def cmd_sample(args) -> None:
     from latentdiff.data import grid_prompts
     from latentdiff.io.images import TrajectoryStrip, save_grid, save_prompt_rows
     from latentdiff.pipelines import generate, load_model, text_encoder_for
+    from latentdiff.pipelines.controlnet import base_of
 
+    base, controlnets = base_of(args.ckpt)
+    if controlnets or args.controlnet or args.control:
+        return sample_controlled(args, base, controlnets + list(args.controlnet or []))
     denoiser, autoencoder, cfg = load_model(args.ckpt, use_ema=not args.no_ema)
     s = cfg.sample
     labels = None
@@ -75,6 +80,45 @@ def cmd_sample(args) -> None:
         print(f"wrote {args.trajectory} (x0 predictions of {strip.rows} samples at {len(strip.sigmas)} steps)")
 
 
+def sample_controlled(args, base: str | None, controlnets: list[str]) -> None:
+    """``sample CKPT --control IMG [--controlnet CN ...]``: one control image per ControlNet."""
+    import torch
+
+    from latentdiff.io.images import save_grid
+    from latentdiff.pipelines import generate, load_controlled, prepare_control, read_control_image, text_encoder_for
+    from latentdiff.pipelines.controlnet import control_images
+
+    if not controlnets:
+        sys.exit("--control needs a ControlNet: --controlnet CN (or a ControlNet checkpoint as CKPT)")
+    controls = list(args.control or [])
+    if len(controls) != len(controlnets):
+        sys.exit(f"{len(controlnets)} ControlNet(s) need as many --control images, got {len(controls)}")
+    scales = list(args.control_scale or [1.0])
+    scales = scales * len(controlnets) if len(scales) == 1 else scales
+    if len(scales) != len(controlnets):
+        sys.exit(f"give one --control-scale, or one per ControlNet ({len(controlnets)}); got {len(scales)}")
+    denoiser, autoencoder, cfg, cn_cfgs = load_controlled(base, controlnets, guess_mode=args.guess_mode,
+                                                          use_ema=not args.no_ema)
+    control = torch.cat([prepare_control(read_control_image(path), c.controlnet, name=path)
+                         for path, c in zip(controls, cn_cfgs)], dim=1)
+    s = cn_cfgs[0].sample
+    prompts = None if args.guess_mode or cfg.text is None else [args.prompt or ""] * args.n
+    if args.prompt is not None and cfg.text is None:
+        sys.exit(f"the base model {base or cn_cfgs[0].base} is not a text-to-image model: --prompt needs one")
+    images = generate(denoiser, args.n, prompts=prompts, negative_prompt=args.negative_prompt,
+                      text_encoder=text_encoder_for(cfg) if prompts else None, sampler=args.sampler or s.sampler,
+                      steps=args.steps or s.steps, spacing=args.spacing or s.spacing,
+                      guidance=s.guidance if args.guidance is None else args.guidance,
+                      threshold=args.threshold or s.threshold, percentile=args.percentile or s.percentile,
+                      seed=args.seed, progress=True, autoencoder=autoencoder, control=control.expand(args.n, -1, -1, -1),
+                      control_scale=scales, control_steps=(args.control_start, args.control_end))
+    shown = torch.cat([control_images(c[None], images.shape[1]) for c in control[0].split(1)])
+    mode = "guess mode" if args.guess_mode else repr(args.prompt or "")
+    save_grid(torch.cat([shown, images]), args.out, nrow=args.nrow,
+              caption=f"control(s) first, then samples; {mode}, scales {scales}")
+    print(f"wrote {args.out} ({len(images)} images after {len(shown)} control picture(s))")
+
+
 def cmd_eval(args) -> None:
     from latentdiff.io.checkpoint import load_checkpoint
     from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_autoencoder, load_model
@@ -82,6 +126,8 @@ def cmd_eval(args) -> None:
 
     if args.target[0] == "adherence":
         return eval_adherence(args)
+    if args.target[0] == "control":
+        return eval_control(args)
     if len(args.target) != 1:
         sys.exit("usage: latentdiff eval CKPT | latentdiff eval adherence CKPT --prompts FILE")
     ckpt = args.target[0]
@@ -120,6 +166,30 @@ def eval_adherence(args) -> None:
         save_prompt_rows(images, prompts, args.png, title=f"guidance {report['guidance']:g}")
 
 
+def eval_control(args) -> None:
+    import torch
+
+    from latentdiff.io.images import save_prompt_rows
+    from latentdiff.pipelines import evaluate_control, load_controlled
+    from latentdiff.pipelines.controlnet import base_of
+
+    if len(args.target) != 2:
+        sys.exit("usage: latentdiff eval control CKPT --controlnet CN --n N --seed S --json PATH")
+    base, controlnets = base_of(args.target[1])
+    controlnets += list(args.controlnet or [])
+    if len(controlnets) != 1:
+        sys.exit(f"eval control measures one ControlNet; got {len(controlnets)}")
+    denoiser, autoencoder, cfg, (cn_cfg,) = load_controlled(base, controlnets, use_ema=not args.no_ema)
+    report, pictures = evaluate_control(denoiser, cfg, cn_cfg, args.n, guidance=args.guidance, sampler=args.sampler,
+                                        steps=args.steps, seed=args.seed, autoencoder=autoencoder)
+    print(json.dumps(report, indent=2))
+    _write_json(args.json, report)
+    if args.png:
+        k = min(8, args.n)
+        save_prompt_rows(torch.cat([v[:k] for v in pictures.values()]), list(pictures), args.png,
+                         title=f"held-out {cn_cfg.control.kind} controls, seed {args.seed}")
+
+
 def cmd_demo(args) -> None:
     from latentdiff.cli.demo import run_demo
 
@@ -136,6 +206,11 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+
+
+def _controlnet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controlnet", action="append", metavar="CN", help="a ControlNet checkpoint trained on CKPT's "
+                   "U-Net (repeat for several; their residuals are summed with their scales)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,18 +239,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the empty prompt, i.e. the unconditional model)")
     p.add_argument("--threshold", choices=("none", "static", "dynamic"), help="clip x0 predictions (pixel models)")
     p.add_argument("--percentile", type=float, help="dynamic thresholding's percentile p (default: the run's)")
+    p.add_argument("--control", action="append", metavar="IMG", help="ControlNet: a control image (edges, mask), "
+                   "one per --controlnet, in their order")
+    p.add_argument("--control-scale", action="append", type=float, metavar="S",
+                   help="ControlNet: the residual scale, one for all or one per --controlnet (default 1)")
+    p.add_argument("--guess-mode", action="store_true", help="ControlNet: no prompt; the control alone, "
+                   "guided against the base model without control")
+    p.add_argument("--control-start", type=float, default=0.0, help="ControlNet: first step fraction controlled")
+    p.add_argument("--control-end", type=float, default=1.0, help="ControlNet: last step fraction controlled")
+    _controlnet_arg(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="FD-EffNet (with floor) and class accuracy of a checkpoint's samples; for an "
                        "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use; "
-                       "`eval adherence CKPT`: prompt adherence of a shapes text-to-image model")
-    p.add_argument("target", nargs="+", metavar="[adherence] CKPT")
+                       "`eval adherence CKPT`: prompt adherence of a shapes text-to-image model; "
+                       "`eval control CKPT --controlnet CN`: control fidelity (edge F1 / mask IoU) and FD")
+    p.add_argument("target", nargs="+", metavar="[adherence|control] CKPT")
     p.add_argument("--n", type=int, default=1000, help="number of samples (and real images) compared")
     p.add_argument("--json", help="write the numbers to this JSON file")
     p.add_argument("--prompts", help="adherence: a file of prompts, one per line (default: the held-out prompts)")
     p.add_argument("--n-per-prompt", type=int, default=16, help="adherence: samples per prompt")
-    p.add_argument("--png", help="adherence: also save the prompts and their samples as a figure")
+    p.add_argument("--png", help="adherence, control: also save a figure of samples")
+    _controlnet_arg(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_eval)
 

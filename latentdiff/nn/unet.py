@@ -47,15 +47,14 @@ class UNetConfig(Config):
     pooled_dim: int = 0                   # > 0: a pooled text embedding (B, pooled_dim) joins the time embedding
 
 
-class UNet(nn.Module):
-    """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None, text (B,L,D) | None,
-    text_mask (B,L) bool | None, pooled (B,D) | None) -> (B, C_out, H, W)``. Missing labels mean
-    the null class; missing text means the null token alone."""
+class UNetEncoder(nn.Module):
+    """The U-Net's encoder half: time/class/pooled embeddings, the null text token, conv_in, the down
+    blocks and the middle block. ``UNet`` adds the decoder half; ``ControlNet`` (nn/controlnet.py)
+    is a trainable copy of this half. ``skip_channels`` lists the width of every skip connection."""
 
-    def __init__(self, cfg: UNetConfig, learned_variance: bool = False):
+    def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
-        out_channels = (cfg.out_channels or cfg.in_channels) * (2 if learned_variance else 1)
         ch, emb_dim, p = cfg.channels, 4 * cfg.channels, cfg.patch_size
         if cfg.image_size % p:
             raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {p}")
@@ -63,41 +62,29 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
         self.null_token = nn.Parameter(torch.zeros(1, 1, cfg.context_dim)) if cfg.context_dim else None
-        stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
-                     groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
-                     context_dim=cfg.context_dim)
+        self.stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
+                          groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+                          context_dim=cfg.context_dim)
 
         self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch, 3, padding=1)
         self.down = nn.ModuleList()
-        skips, width, res = [ch], ch, cfg.image_size // p
+        self.skip_channels, width, res = [ch], ch, cfg.image_size // p
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                self.down.append(res_stage(width, ch * mult, attention=res in cfg.attention_resolutions, **stage))
+                self.down.append(res_stage(width, ch * mult, attention=res in cfg.attention_resolutions, **self.stage))
                 width = ch * mult
-                skips.append(width)
+                self.skip_channels.append(width)
             if level < len(cfg.channel_mult) - 1:
                 self.down.append(EmbedSequential([Downsample(width)]))
-                skips.append(width)
+                self.skip_channels.append(width)
                 res //= 2
+        self.width, self.bottom_resolution = width, res
 
         self.middle = EmbedSequential([
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
             *attention_layers(width, cfg.context_dim, cfg.num_heads, cfg.head_dim, cfg.norm_groups),
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
         ])
-
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                block = res_stage(width + skips.pop(), ch * mult, attention=res in cfg.attention_resolutions, **stage)
-                width = ch * mult
-                if level > 0 and i == cfg.num_res_blocks:
-                    block.append(Upsample(width))
-                    res *= 2
-                self.up.append(block)
-
-        self.norm_out = group_norm(width, cfg.norm_groups)
-        self.conv_out = zero_module(nn.Conv2d(width, out_channels * p * p, 3, padding=1))
 
     def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None,
               pooled: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,9 +109,11 @@ class UNet(nn.Module):
         keep = torch.ones(batch_size, 1, dtype=torch.bool, device=text.device)
         return torch.cat([null.to(text.dtype), text], 1), torch.cat([keep, text_mask.bool()], 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
-                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+               text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+               pooled: torch.Tensor | None = None, hint: torch.Tensor | None = None):
+        """-> (skips: list of (B, C_i, H_i, W_i), middle output h, emb (B, E), text, text_mask), the
+        text with the null token in front. ``hint`` (B, channels, H/p, W/p) is added after conv_in."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if self.cfg.context_dim:
@@ -133,11 +122,50 @@ class UNet(nn.Module):
         if self.cfg.patch_size > 1:  # (B, C, H, W) -> (B, C p^2, H/p, W/p)
             x = F.pixel_unshuffle(x, self.cfg.patch_size)
         h = self.conv_in(x)
+        if hint is not None:
+            h = h + hint
         hs = [h]
         for block in self.down:
             h = block(h, emb, text, text_mask)
             hs.append(h)
-        h = self.middle(h, emb, text, text_mask)
+        return hs, self.middle(h, emb, text, text_mask), emb, text, text_mask
+
+
+class UNet(UNetEncoder):
+    """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None, text (B,L,D) | None,
+    text_mask (B,L) bool | None, pooled (B,D) | None, residuals | None) -> (B, C_out, H, W)``.
+    Missing labels mean the null class; missing text means the null token alone. ``residuals``
+    (ControlNet's output: one tensor per skip connection, then one for the middle block) are
+    added to the skips and to the middle block's output."""
+
+    def __init__(self, cfg: UNetConfig, learned_variance: bool = False):
+        super().__init__(cfg)
+        out_channels = (cfg.out_channels or cfg.in_channels) * (2 if learned_variance else 1)
+        ch, p = cfg.channels, cfg.patch_size
+        skips, width, res = list(self.skip_channels), self.width, self.bottom_resolution
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                block = res_stage(width + skips.pop(), ch * mult, attention=res in cfg.attention_resolutions,
+                                  **self.stage)
+                width = ch * mult
+                if level > 0 and i == cfg.num_res_blocks:
+                    block.append(Upsample(width))
+                    res *= 2
+                self.up.append(block)
+
+        self.norm_out = group_norm(width, cfg.norm_groups)
+        self.conv_out = zero_module(nn.Conv2d(width, out_channels * p * p, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None, residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
+        hs, h, emb, text, text_mask = self.encode(x, t, class_labels, text, text_mask, pooled)
+        if residuals is not None:
+            if len(residuals) != len(hs) + 1:
+                raise ValueError(f"expected {len(hs) + 1} residuals (skips + middle), got {len(residuals)}")
+            hs = [skip + r for skip, r in zip(hs, residuals)]
+            h = h + residuals[-1]
         for block in self.up:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, text, text_mask)
         out = self.conv_out(F.silu(self.norm_out(h)))

@@ -50,7 +50,8 @@ class DiffusionLoss:
     for text-to-image. With probability ``cond_drop_prob`` a sample's condition is dropped
     (classifier-free guidance, Ho & Salimans 2022): its label becomes the null class
     ``num_classes``, its text the empty prompt (zero tokens, all-False mask, zero pooled), one
-    draw per sample for all of them.
+    draw per sample for all of them. ``batch["control"]`` (B, C, S, S), when present, is passed on
+    (a ControlNet's control image).
     """
 
     def __init__(self, cfg: DiffusionConfig, num_classes: int = 0):
@@ -77,6 +78,8 @@ class DiffusionLoss:
             cond["text"] = batch["text"] * keep[:, None, None]
             cond["text_mask"] = batch["text_mask"] & keep[:, None]
             cond["pooled"] = batch["pooled"] * keep[:, None]
+        if "control" in batch:  # ControlNet: the control is never dropped, so it is learned alone too
+            cond["control"] = batch["control"]
         return cond
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,8 @@ from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
-from latentdiff.sampling import CFGDenoiser, ThresholdedDenoiser, get_sampler, prior_noise
+from latentdiff.sampling import (CFGDenoiser, ControlWindow, ThresholdedDenoiser, control_sigma_window, get_sampler,
+                                 prior_noise)
 from latentdiff.sampling.fitted import FittedGrid, fit_sigmas
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
 from latentdiff.training.trainer import Trainer
@@ -61,11 +62,20 @@ def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
 
 
 def conditions(denoiser: Denoiser, labels: torch.Tensor | None = None, prompts: list[str] | None = None,
-               negative_prompt: str = "", text_encoder=None) -> tuple[dict, dict]:
+               negative_prompt: str = "", text_encoder=None, control: torch.Tensor | None = None,
+               control_scale: Sequence[float] = (1.0,)) -> tuple[dict, dict]:
     """(cond, uncond) dicts for a batch: class labels (B,) against the null class, prompts (B
     strings) against ``negative_prompt`` ("" = the unconditional model). ``text_encoder`` has
-    ``condition(prompts) -> {"text", "text_mask", "pooled"}`` (a TextEncoder or TextTable)."""
+    ``condition(prompts) -> {"text", "text_mask", "pooled"}`` (a TextEncoder or TextTable).
+    ``control`` (B, sum C_k, S, S) for a ControlledUNet, one ``control_scale`` per ControlNet: both
+    branches get it, except in guess mode, where the unconditional branch has none (scale 0)."""
     cond, uncond = {}, {}
+    if control is not None:
+        device = next(denoiser.net.parameters()).device
+        scale = torch.tensor([list(control_scale)], device=device).expand(len(control), -1)
+        cond.update(control=control.to(device), control_scale=scale)
+        guess = getattr(denoiser.net, "guess_mode", False)
+        uncond.update(control=control.to(device), control_scale=torch.zeros_like(scale) if guess else scale)
     if labels is not None:
         cond["class_labels"] = labels
         uncond["class_labels"] = torch.full_like(labels, denoiser.net.cfg.num_classes)
@@ -89,6 +99,13 @@ def guided(denoiser: Denoiser, cond: dict, uncond: dict, guidance: float, thresh
     if threshold != "none":
         model = ThresholdedDenoiser(model, percentile if threshold == "dynamic" else None)
     return model
+
+
+def windowed(denoiser: Denoiser, sigmas: torch.Tensor, control_steps: tuple[float, float]) -> nn.Module:
+    """The denoiser with its ControlNets active only in the ``control_steps`` fraction of the grid."""
+    if tuple(control_steps) == (0.0, 1.0):
+        return denoiser
+    return ControlWindow(denoiser, *control_sigma_window(sigmas, *control_steps))
 
 
 @torch.no_grad()
@@ -121,7 +138,8 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
              threshold: str = "none", percentile: float = 0.995, seed: int = 0,
              batch_size: int = 250, progress: bool = False, callback: Callable | None = None,
              bf16: bool = False, sigmas: torch.Tensor | None = None,
-             autoencoder: nn.Module | None = None) -> torch.Tensor:
+             autoencoder: nn.Module | None = None, control: torch.Tensor | None = None,
+             control_scale: Sequence[float] = (1.0,), control_steps: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Draw n samples (n, C, H, W) in [-1, 1]; with an ``autoencoder`` the sampled latents are decoded.
 
     Noise comes from one CPU generator seeded with ``seed`` (the same images on CPU and GPU,
@@ -132,7 +150,9 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
     ``bf16`` runs the network under bfloat16 autocast; the sampler's arithmetic stays float32.
     ``sigmas`` (steps + 1,) overrides the grid; steps/spacing are then ignored. ``spacing="fitted"``
     first fits the grid to this model (``fit_model_grid``; measured on the demo model, one busy CPU
-    core: about 4 minutes at 5 steps, 7 at 10).
+    core: about 4 minutes at 5 steps, 7 at 10). ControlNet (the denoiser's net a ``ControlledUNet``):
+    ``control`` (n, sum C_k, S, S) in [0, 1], ``control_scale`` one per ControlNet, applied during
+    the steps whose fraction lies in ``control_steps`` = (start, end).
     """
     net_cfg = denoiser.net.cfg
     device = next(denoiser.net.parameters()).device
@@ -149,8 +169,10 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
         x = x_T[start:start + batch_size].to(device)
         labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
         batch_prompts = None if prompts is None else prompts[start:start + batch_size]
-        cond, uncond = conditions(denoiser, labels, batch_prompts, negative_prompt, text_encoder)
-        model = guided(denoiser, cond, uncond, guidance, threshold, percentile)
+        batch_control = None if control is None else control[start:start + batch_size]
+        cond, uncond = conditions(denoiser, labels, batch_prompts, negative_prompt, text_encoder, batch_control,
+                                  control_scale)
+        model = guided(windowed(denoiser, sigmas, control_steps), cond, uncond, guidance, threshold, percentile)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
         out.append((x if autoencoder is None else autoencoder.decode(x.float())).cpu())

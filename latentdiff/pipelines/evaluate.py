@@ -1,4 +1,5 @@
-"""Evaluate an image model: FD-EffNet with its floor, class accuracy, prompt adherence (DESIGN.md section 5)."""
+"""Evaluate an image model: FD-EffNet with its floor, class accuracy, prompt adherence, control
+fidelity (DESIGN.md section 5)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import time
 import torch
 
 from latentdiff.data import build_dataset, class_caption
+from latentdiff.data.control import control_maps
 from latentdiff.eval import class_accuracy, fd_with_floor, load_or_train_classifier
 from latentdiff.eval.adherence import score, summarize
+from latentdiff.eval.control import control_fidelity
+from latentdiff.pipelines.controlnet import control_images, dataset_controls
 from latentdiff.pipelines.diffusion import generate, samples_in_bf16, text_encoder_for
 from latentdiff.precond import Denoiser
-from latentdiff.presets import RunConfig
+from latentdiff.presets import ControlNetRunConfig, RunConfig
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -89,3 +93,41 @@ def evaluate_adherence(denoiser: Denoiser, cfg: RunConfig, prompts: list[str], n
     report.update(guidance=guidance, n_per_prompt=n_per_prompt, sampler=sampler or s.sampler,
                   steps=steps or s.steps, seed=seed)
     return report, images
+
+
+def evaluate_control(denoiser: Denoiser, cfg: RunConfig, cn_cfg: ControlNetRunConfig, n: int = 500, *,
+                     guidance: float | None = None, sampler: str | None = None, steps: int | None = None,
+                     seed: int = 0, tolerance: int = 1, progress: bool = True,
+                     autoencoder: torch.nn.Module | None = None, text_encoder=None) -> tuple[dict, dict]:
+    """Control fidelity (``eval.control``) and FD-EffNet on n held-out controls: a seeded random
+    subset of the test split, each item's control map and caption (or class label). Generates with
+    the ControlNet (scale 1) and without it (scale 0: exactly the base model) from the same prompts
+    and noise. ``denoiser``'s net is a ControlledUNet holding the one ControlNet of ``cn_cfg``.
+    Returns (report, pictures): pictures maps row names to (n, C, H, W) images in [-1, 1]."""
+    s = cn_cfg.sample
+    test, maps = dataset_controls(cfg.data, cn_cfg.control, "test")
+    index = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
+    control = maps[index].float()
+    real = test.get_batch(index)
+    prompts = [test.captions[i] for i in index.tolist()] if cfg.text is not None else None
+    labels = real["label"] if cfg.model.num_classes else None
+    common = dict(class_labels=labels, prompts=prompts, sampler=sampler or s.sampler, steps=steps or s.steps,
+                  spacing=s.spacing, guidance=s.guidance if guidance is None else guidance, threshold=s.threshold,
+                  percentile=s.percentile, seed=seed, progress=progress, bf16=samples_in_bf16(cfg),
+                  autoencoder=autoencoder, control=control,
+                  text_encoder=(text_encoder or text_encoder_for(cfg)) if prompts is not None else None)
+    report = {"kind": cn_cfg.control.kind, "n": n, "seed": seed, "guidance": common["guidance"],
+              "sampler": common["sampler"], "steps": common["steps"]}
+    pictures = {"control": control_images(control, real["x"].shape[1])}
+    train = build_dataset(cfg.data, "train")
+    for name, scale in (("with_control", 1.0), ("without_control", 0.0)):
+        images = generate(denoiser, n, control_scale=(scale,), **common)
+        generated_maps = control_maps(images, cn_cfg.control)
+        report[name] = control_fidelity(cn_cfg.control.kind, generated_maps, maps[index], tolerance)
+        report[name].update(fd_with_floor(images, test, train, n=n, seed=seed))
+        pictures[name] = images
+        pictures[f"{cn_cfg.control.kind} of {name.replace('_', ' ')}"] = control_images(generated_maps,
+                                                                                       images.shape[1])
+    pictures["real"] = real["x"]
+    report["fd_ratio_with_over_without"] = report["with_control"]["fd_effnet"] / report["without_control"]["fd_effnet"]
+    return report, pictures

@@ -14,7 +14,8 @@ import torch
 
 from latentdiff.sampling.ddim import sample_ddim
 from latentdiff.sampling.ddpm import sample_ddpm, sample_ddpm_literal
-from latentdiff.sampling.guidance import CFGDenoiser, ThresholdedDenoiser, dynamic_threshold
+from latentdiff.sampling.guidance import (CFGDenoiser, ControlWindow, ThresholdedDenoiser, control_sigma_window,
+                                          dynamic_threshold)
 from latentdiff.sampling.multistep import (sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_lms,
                                            sample_unipc)
 from latentdiff.sampling.ode import sample_euler, sample_euler_a, sample_heun
@@ -67,7 +68,7 @@ def prior_noise(shape, sigma_max: float, generator: torch.Generator | None = Non
     return torch.randn(shape, generator=generator) * (1 + sigma_max**2) ** 0.5
 
 
-__all__ = ["SAMPLERS", "NFE_OF_STEPS", "get_sampler", "steps_for_nfe", "prior_noise", "CFGDenoiser", "ThresholdedDenoiser", "dynamic_threshold",
+__all__ = ["SAMPLERS", "NFE_OF_STEPS", "get_sampler", "steps_for_nfe", "prior_noise", "CFGDenoiser", "ControlWindow", "control_sigma_window", "ThresholdedDenoiser", "dynamic_threshold",
            "sample_ddpm", "sample_ddpm_literal", "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_euler_a",
            "sample_heun", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc", "sample_lms",
            "sample_langevin", "sample_pc"]

@@ -63,3 +63,34 @@ class ThresholdedDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         return self.predict(x, sigma, cond)[0]
+
+
+class ControlWindow(nn.Module):
+    """Applies ControlNets only for sigma in [sigma_lo, sigma_hi] (a range of sampling steps): outside
+    it the condition's ``control_scale`` (B, K) is zeroed, so the base model alone denoises."""
+
+    def __init__(self, denoiser: nn.Module, sigma_lo: float, sigma_hi: float):
+        super().__init__()
+        self.denoiser, self.sigma_lo, self.sigma_hi = denoiser, sigma_lo, sigma_hi
+
+    def predict(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None):
+        if cond and "control" in cond:
+            s = torch.as_tensor(sigma, device=x.device).float().reshape(-1).expand(x.shape[0])
+            tol = 1e-5 * self.sigma_hi
+            inside = ((s >= self.sigma_lo - tol) & (s <= self.sigma_hi + tol)).float()[:, None]
+            scale = cond.get("control_scale", torch.ones(x.shape[0], 1, device=x.device))
+            cond = {**cond, "control_scale": scale * inside}
+        return self.denoiser.predict(x, sigma, cond)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
+        return self.predict(x, sigma, cond)[0]
+
+
+def control_sigma_window(sigmas: torch.Tensor, start: float, end: float) -> tuple[float, float]:
+    """(sigma_lo, sigma_hi) of the steps i of an N-step grid with start <= i/N and (i+1)/N <= end
+    (the step fractions diffusers' control_guidance_start/end use); an empty range gives lo > hi."""
+    n = len(sigmas) - 1
+    steps = [i for i in range(n) if i / n >= start - 1e-9 and (i + 1) / n <= end + 1e-9]
+    if not steps:
+        return float("inf"), 0.0
+    return float(sigmas[steps[-1]]), float(sigmas[steps[0]])

@@ -163,7 +163,7 @@ class Trainer:
         run_config: the full, JSON-able run config saved with checkpoints.
         sample_fn: optional ``sample_fn(ema_model, step) -> (N, C, H, W)`` in
             ``[-1, 1]``; called on the main process every ``sample_every``
-            steps and at the end; a ``caption`` attribute on it titles the grids.
+            steps and at the end; ``caption`` and ``nrow`` attributes on it title and shape the grids.
         cpu: force CPU (``True``) or not; ``None`` uses CUDA when available.
     """
 
@@ -383,7 +383,8 @@ class Trainer:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 images = self.sample_fn(self.ema.model, self.step)
             title = getattr(self.sample_fn, "caption", "EMA samples")
-            save_grid(images, self._sample_path(self.step), caption=f"{title}, step {self.step}")
+            save_grid(images, self._sample_path(self.step), nrow=getattr(self.sample_fn, "nrow", None),
+                      caption=f"{title}, step {self.step}")
         self._sampled_step = self.step
         acc.wait_for_everyone()
 
