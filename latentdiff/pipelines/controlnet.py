@@ -98,6 +98,8 @@ def load_controlled(base_ckpt: str | Path | None, controlnet_ckpts: list[str | P
     """A base checkpoint and ControlNet checkpoints -> (Denoiser over a ControlledUNet, autoencoder,
     base RunConfig, ControlNet run configs). ``base_ckpt`` None: the first ControlNet's base.
     Each ControlNet is checked against the base's U-Net config (ValueError naming both)."""
+    if not controlnet_ckpts:
+        raise ValueError("load_controlled needs at least one ControlNet checkpoint")
     controlnets, cn_cfgs = zip(*(load_controlnet(p, use_ema, device) for p in controlnet_ckpts))
     base, base_cfg = load_denoiser(base_ckpt or cn_cfgs[0].base, use_ema, device)
     for net, path in zip(controlnets, controlnet_ckpts):

@@ -118,16 +118,16 @@ def evaluate_control(denoiser: Denoiser, cfg: RunConfig, cn_cfg: ControlNetRunCo
                   text_encoder=(text_encoder or text_encoder_for(cfg)) if prompts is not None else None)
     report = {"kind": cn_cfg.control.kind, "n": n, "seed": seed, "guidance": common["guidance"],
               "sampler": common["sampler"], "steps": common["steps"]}
-    pictures = {"control": control_images(control, real["x"].shape[1])}
+    pictures = {"held-out control": control_images(control, real["x"].shape[1])}
     train = build_dataset(cfg.data, "train")
-    for name, scale in (("with_control", 1.0), ("without_control", 0.0)):
+    for name, scale, row in (("with_control", 1.0, "with control"),
+                             ("without_control", 0.0, "without control (the base model)")):
         images = generate(denoiser, n, control_scale=(scale,), **common)
         generated_maps = control_maps(images, cn_cfg.control)
         report[name] = control_fidelity(cn_cfg.control.kind, generated_maps, maps[index], tolerance)
         report[name].update(fd_with_floor(images, test, train, n=n, seed=seed))
-        pictures[name] = images
-        pictures[f"{cn_cfg.control.kind} of {name.replace('_', ' ')}"] = control_images(generated_maps,
-                                                                                       images.shape[1])
-    pictures["real"] = real["x"]
+        pictures[row] = images
+        pictures[f"{row}: {cn_cfg.control.kind} of the sample"] = control_images(generated_maps, images.shape[1])
+    pictures["the real image"] = real["x"]
     report["fd_ratio_with_over_without"] = report["with_control"]["fd_effnet"] / report["without_control"]["fd_effnet"]
     return report, pictures
