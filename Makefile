@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet bench-guidance clean
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step bench-guidance clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,14 @@ text-to-image: setup
 		--json benchmarks/results/shapes_t2i_adherence_w1.json
 	$(BIN)/latentdiff train --preset fmnist-t2i --out runs/fmnist-t2i
 	$(BIN)/latentdiff eval runs/fmnist-t2i/checkpoint --n 1000 --json benchmarks/results/fmnist_t2i.json
+
+# one-step students of the demo model (make demo): DMD and DMD2 (45 min each on 2 CPU cores), then
+# the teacher at 50/20/10/4/1 NFE against them (FD-EffNet n=2000, class accuracy, images/s)
+one-step: setup
+	$(BIN)/latentdiff train --preset fmnist-dmd --out runs/fmnist-dmd
+	$(BIN)/latentdiff train --preset fmnist-dmd2 --out runs/fmnist-dmd2
+	$(BIN)/python benchmarks/one_step.py --teacher demo_out/checkpoint --student runs/fmnist-dmd/checkpoint \
+		--student2 runs/fmnist-dmd2/checkpoint --n 2000 --json benchmarks/results/one_step.json --png docs/one_step.png
 
 # ControlNet: edges and masks on shapes (30 min each), edges on Fashion-MNIST (20 min), over the
 # frozen text-to-image models of `make text-to-image`, then their control fidelity and FD

@@ -17,6 +17,7 @@ from latentdiff.data.control import ControlConfig
 from latentdiff.nn.controlnet import ControlNetConfig
 from latentdiff.nn.unet import UNetConfig
 from latentdiff.objectives.diffusion import DiffusionConfig
+from latentdiff.objectives.dmd import DMDConfig
 from latentdiff.training.trainer import TrainConfig
 
 
@@ -74,6 +75,41 @@ class ControlNetRunConfig(Config):
 
 def is_controlnet_config(config: dict) -> bool:
     return config.get("task") == "controlnet"
+
+
+@dataclasses.dataclass(frozen=True)
+class PairsConfig(Config):
+    """DMD's regression pairs: ``n`` (noise, teacher sample) pairs from the teacher's deterministic
+    ``sampler`` (with its guidance), drawn once into the run folder; n = 0: none (DMD2)."""
+
+    n: int = 1000
+    sampler: str = "ddim"
+    steps: int = 20
+    spacing: str = "trailing"
+    seed: int = 1  # evaluations use seed 0: the pairs' noise is other noise
+
+
+@dataclasses.dataclass(frozen=True)
+class DMDRunConfig(Config):
+    """A DMD / DMD2 distillation of the diffusion checkpoint ``teacher`` into a few-step generator.
+    ``parameterisation`` and ``image_size`` say what teacher the settings are for (checked at the
+    start). ``teacher_config`` is filled in at training time with the teacher's RunConfig, which
+    rebuilds the student's network when it is loaded."""
+
+    task: str = "dmd"
+    description: str = ""
+    teacher: str = ""
+    parameterisation: str = "v"
+    image_size: int = 32
+    dmd: DMDConfig = DMDConfig()
+    pairs: PairsConfig = PairsConfig()
+    teacher_config: RunConfig | None = None
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig(sampler="consistency", steps=1, spacing="trailing", guidance=1.0)
+
+
+def is_dmd_config(config: dict) -> bool:
+    return config.get("task") == "dmd"
 
 
 def _fmnist_ddpm() -> RunConfig:
@@ -284,6 +320,46 @@ def _tiny_controlnet() -> ControlNetRunConfig:
                         train=_tiny().train, sample=_tiny().sample.replace(n_grid=4))
 
 
+def _fmnist_dmd() -> DMDRunConfig:
+    """DMD of the demo model (fmnist-ddpm, in demo_out/checkpoint; or --set teacher=PATH)."""
+    return DMDRunConfig(
+        description="DMD one-step student of the Fashion-MNIST demo model (demo_out/checkpoint; --set teacher=PATH): "
+                    "distribution matching + regression on 1000 teacher pairs, 45 min on 2 CPU cores in all",
+        teacher="demo_out/checkpoint",
+        dmd=DMDConfig(guidance=2.0, regression_weight=0.25),
+        pairs=PairsConfig(n=1000, sampler="ddim", steps=20, spacing="trailing"),
+        train=TrainConfig(batch_size=32, lr=1e-4, warmup_steps=20, grad_clip=1.0, max_steps=100_000,
+                          max_minutes=41.0, ema_decay=0.99, mixed_precision="bf16", sample_every=250,
+                          checkpoint_every=100, log_every=10),
+        sample=DMDRunConfig.sample.replace(n_grid=100),
+    )
+
+
+def _fmnist_dmd2() -> DMDRunConfig:
+    """DMD2: no regression; 3 fake-score updates per generator update, GAN head, 4-step generator."""
+    base = _fmnist_dmd()
+    return base.replace(description="DMD2 4-step student of the Fashion-MNIST demo model (demo_out/checkpoint; "
+                                    "--set teacher=PATH): 3 fake-score updates per generator update (the paper: 5, for "
+                                    "far longer runs), GAN on the fake score, backward simulation; 45 min",
+                        dmd=DMDConfig(guidance=2.0, regression_weight=0.0, fake_updates=3, gan_weight=3e-3,
+                                      disc_weight=1e-2, student_steps=4),
+                        pairs=PairsConfig(n=0), train=base.train.replace(max_minutes=45.0),
+                        sample=base.sample.replace(steps=4))
+
+
+def _tiny_dmd() -> DMDRunConfig:
+    return _fmnist_dmd().replace(description="tiny DMD of runs/tiny, for tests", teacher="runs/tiny/checkpoint",
+                                 pairs=PairsConfig(n=32, steps=2), dmd=DMDConfig(),
+                                 train=_tiny().train.replace(batch_size=8, mixed_precision="no"),
+                                 sample=DMDRunConfig.sample.replace(n_grid=20))
+
+
+def _tiny_dmd2() -> DMDRunConfig:
+    return _fmnist_dmd2().replace(description="tiny DMD2 of runs/tiny, for tests", teacher="runs/tiny/checkpoint",
+                                  train=_tiny_dmd().train, sample=_tiny_dmd().sample.replace(steps=2),
+                                  dmd=_fmnist_dmd2().dmd.replace(student_steps=2, fake_updates=2))
+
+
 PRESETS = {
     "fmnist-ddpm": _fmnist_ddpm,
     "fmnist-vae": _fmnist_vae,
@@ -298,6 +374,10 @@ PRESETS = {
     "tiny-vae": _tiny_vae,
     "tiny-t2i": _tiny_t2i,
     "tiny-controlnet": _tiny_controlnet,
+    "fmnist-dmd": _fmnist_dmd,
+    "fmnist-dmd2": _fmnist_dmd2,
+    "tiny-dmd": _tiny_dmd,
+    "tiny-dmd2": _tiny_dmd2,
     "tiny-ldm": _tiny_ldm,
     "fmnist-ddpm-paper": _fmnist_ddpm_paper,
     "fmnist-iddpm": _fmnist_iddpm,
@@ -305,7 +385,7 @@ PRESETS = {
 }
 
 
-def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig:
+def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig | DMDRunConfig:
     """The preset called ``name``; unknown names list the valid ones."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")

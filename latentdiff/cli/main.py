@@ -24,13 +24,14 @@ def cmd_presets(args) -> None:
 def cmd_train(args) -> None:
     from latentdiff.config import apply_overrides
     from latentdiff.pipelines import train_autoencoder_run, train_controlnet_run, train_run
-    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, get_preset
+    from latentdiff.pipelines.dmd import train_dmd_run
+    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, get_preset
 
     cfg = apply_overrides(get_preset(args.preset), args.set or [])
     if args.minutes is not None:
         cfg = cfg.replace(train=cfg.train.replace(max_minutes=args.minutes))
-    train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run}.get(
-        type(cfg), train_run)
+    train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
+             DMDRunConfig: train_dmd_run}.get(type(cfg), train_run)
     summary = train(cfg, args.out)
     print(json.dumps(summary))
 

@@ -51,7 +51,13 @@ def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.de
 def load_model(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
     """A diffusion checkpoint -> (Denoiser, autoencoder (identity in pixel space), RunConfig).
 
-    Raises ValueError naming both shapes when the autoencoder's latents do not fit the U-Net."""
+    A DMD student's checkpoint gives the student, with the teacher's config and the student's sampling
+    defaults (``pipelines.dmd.load_student``). Raises ValueError naming both shapes when the
+    autoencoder's latents do not fit the U-Net."""
+    if load_checkpoint(ckpt).config.get("task") == "dmd":
+        from latentdiff.pipelines.dmd import load_student
+
+        return load_student(ckpt, use_ema, device)[:3]
     denoiser, cfg = load_denoiser(ckpt, use_ema, device)
     return denoiser, autoencoder_for(cfg, device), cfg
 
@@ -198,6 +204,17 @@ def text_conditioned(cfg: RunConfig, dataset, extra_prompts: list[str] = ()) -> 
     return TextConditioned(dataset, list(captions), table)
 
 
+def grid_conditions(cfg: RunConfig, prompts: list[str] | None, n_grid: int | None = None):
+    """A training grid's conditions, a row per class (or per grid prompt) of n_grid // rows samples:
+    (labels (n,) or None, prompts (n,) or None, n, samples per row)."""
+    n_grid = cfg.sample.n_grid if n_grid is None else n_grid
+    per_row = max(1, n_grid // (len(prompts) if prompts is not None else max(cfg.model.num_classes, 1)))
+    labels = class_grid_labels(cfg.model.num_classes, per_row) if cfg.model.num_classes else None
+    grid = None if prompts is None else [p for p in prompts for _ in range(per_row)]
+    n = len(labels) if labels is not None else len(grid) if grid is not None else n_grid
+    return labels, grid, n, per_row
+
+
 def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, channels_last: bool = True) -> dict:
     """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint)."""
     autoencoder = autoencoder_for(cfg)
@@ -209,13 +226,9 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, chan
     if channels_last:  # faster convolutions on CPU (oneDNN) and GPU tensor cores
         net = net.to(memory_format=torch.channels_last)
     loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
-    rows = len(prompts) if prompts is not None else max(cfg.model.num_classes, 1)
-    per_row = max(1, cfg.sample.n_grid // rows)
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
-        labels = class_grid_labels(cfg.model.num_classes, per_row) if cfg.model.num_classes else None
-        grid = None if prompts is None else [p for p in prompts for _ in range(per_row)]
-        n = len(labels) if labels is not None else len(grid) if grid is not None else cfg.sample.n_grid
+        labels, grid, n, _ = grid_conditions(cfg, prompts)
         s = cfg.sample
         return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, prompts=grid,
                         text_encoder=None if prompts is None else dataset.table, sampler=s.sampler, steps=s.steps,

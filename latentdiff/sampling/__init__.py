@@ -18,7 +18,7 @@ from latentdiff.sampling.guidance import (CFGDenoiser, ControlWindow, Thresholde
                                           dynamic_threshold)
 from latentdiff.sampling.multistep import (sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m, sample_lms,
                                            sample_unipc)
-from latentdiff.sampling.ode import sample_euler, sample_euler_a, sample_heun
+from latentdiff.sampling.ode import sample_consistency, sample_euler, sample_euler_a, sample_heun
 from latentdiff.sampling.score import sample_langevin, sample_pc
 
 SAMPLERS = {
@@ -36,6 +36,7 @@ SAMPLERS = {
     "lms": sample_lms,
     "langevin": sample_langevin,
     "pc": sample_pc,
+    "consistency": sample_consistency,
 }
 
 # Model calls for a grid of n steps (n + 1 sigmas), with the samplers' default options.
@@ -71,4 +72,4 @@ def prior_noise(shape, sigma_max: float, generator: torch.Generator | None = Non
 __all__ = ["SAMPLERS", "NFE_OF_STEPS", "get_sampler", "steps_for_nfe", "prior_noise", "CFGDenoiser", "ControlWindow", "control_sigma_window", "ThresholdedDenoiser", "dynamic_threshold",
            "sample_ddpm", "sample_ddpm_literal", "sample_ddim", "sample_dpmpp_2m", "sample_euler", "sample_euler_a",
            "sample_heun", "sample_dpmpp_3m", "sample_dpmpp_2m_sde", "sample_unipc", "sample_lms",
-           "sample_langevin", "sample_pc"]
+           "sample_langevin", "sample_pc", "sample_consistency"]

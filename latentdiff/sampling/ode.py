@@ -93,6 +93,20 @@ def sample_euler_a(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None,
 
 
 @torch.no_grad()
+def sample_consistency(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None,
+                       callback=None) -> torch.Tensor:
+    """Multistep sampling of a few-step generator (Song et al. 2023, "Consistency Models", Algorithm 1;
+    DMD2's backward simulation): x0 = D(x, sigma_i), then x = x0 + sigma_{i+1} z with fresh noise z.
+    One step is D(x_T, sigma_max). x (B, ...) at sigmas[0] -> sample (B, ...). NFE = steps."""
+    check_grid(sigmas, 1, "consistency")
+    for i in range(len(sigmas) - 1):
+        x = denoise_step(denoise, x, sigmas, i, cond, callback)
+        if sigmas[i + 1] > 0:
+            x = x + float(sigmas[i + 1]) * randn_like(x, generator)
+    return x
+
+
+@torch.no_grad()
 def sample_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None, callback=None,
                 S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
                 S_noise: float = 1.0) -> torch.Tensor:
