@@ -108,30 +108,34 @@ def key(row: dict, n: int, seed: int) -> tuple:
     return (row["system"], row["ckpt"], row["sampler"], row["spacing"], row["nfe"], n, seed)
 
 
+def row_sigmas(row: dict) -> torch.Tensor | None:
+    """A fitted row's grid, as the quality run fitted it."""
+    return torch.tensor(row["sigmas"], dtype=torch.float64) if "sigmas" in row else None
+
+
 def throughput(rows: list[dict], n: int, rounds: int, seed: int) -> None:
-    """images/s of each row on n images per round, rows alternating within each round; adds
-    ``images_per_s`` (median), ``images_per_s_min``/``max`` to each row."""
+    """images/s of each row on n images per round (models loaded beforehand), rows alternating within
+    each round; adds ``images_per_s`` (median), ``images_per_s_min``/``max`` to each row."""
+    loaded = {row["ckpt"]: load_system(row["ckpt"]) for row in rows}
     times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
     for _ in range(rounds):
         for i, row in enumerate(rows):
-            sigmas = torch.tensor(row["sigmas"], dtype=torch.float64) if "sigmas" in row else None
             start = time.perf_counter()
-            draw(row, n, seed, sigmas)
+            draw(row, n, seed, row_sigmas(row), system=loaded[row["ckpt"]])
             times[i].append(n / (time.perf_counter() - start))
     for i, row in enumerate(rows):
         row.update(images_per_s=statistics.median(times[i]), images_per_s_min=min(times[i]),
                    images_per_s_max=max(times[i]), timing_n=n, timing_rounds=rounds)
 
 
-def figure(rows: list[dict], images: dict, path: str, per_class: int = 4) -> None:
+def figure(rows: list[dict], images: list[torch.Tensor], path: str, per_class: int = 4) -> None:
     """Sample grids side by side: one panel per system, a column per class, ``per_class`` rows."""
     cols = min(4, len(rows))
     nrows = -(-len(rows) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 1.9 * nrows), squeeze=False)
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
-    for ax, row in zip(axes.flat, rows):
-        x = images[key(row, 0, 0)]
+    for ax, row, x in zip(axes.flat, rows, images):
         pick = torch.cat([x[i::10][:per_class] for i in range(10)]) if len(x) >= 10 * per_class else x
         order = torch.arange(len(pick)).view(10, -1).t().reshape(-1) if len(pick) == 10 * per_class else None
         grid = make_grid(pick if order is None else pick[order], nrow=10)
@@ -155,7 +159,7 @@ def main() -> None:
     p.add_argument("--teacher-specs", nargs="+", default=TEACHER_SPECS, help="NFE:sampler:spacing")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-n", type=int, default=100)
+    p.add_argument("--time-n", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", required=True)
     p.add_argument("--png")
@@ -163,18 +167,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
     old = json.loads(Path(args.json).read_text())["rows"] if Path(args.json).exists() else []
     done = {key(r, r["n_eval"], r["seed"]): r for r in old}
-    rows, images = [], {}
+    rows, images = [], []
     for row in systems(args):
         k = key(row, args.n, args.seed)
         if k in done:
             row = {**done[k], "reused": True}
             row.pop("images_per_s", None)
-            images[key(row, 0, 0)], _ = draw(row, 10 * 4, args.seed,
-                                             torch.tensor(row["sigmas"], dtype=torch.float64) if "sigmas" in row else None)
+            images.append(draw(row, 10 * 4, args.seed, row_sigmas(row))[0])
         else:
             row, x = quality_row(row, args.n, args.seed)
             row.update(seed=args.seed, reused=False)
-            images[key(row, 0, 0)] = x[:40]
+            images.append(x[:40])
         rows.append(row)
         print(json.dumps(row), flush=True)
         Path(args.json).write_text(json.dumps({"n": args.n, "seed": args.seed, "rows": rows}, indent=1))

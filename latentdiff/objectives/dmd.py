@@ -34,6 +34,7 @@ from latentdiff.nn.layers import group_norm
 from latentdiff.objectives.diffusion import DiffusionConfig, DiffusionLoss
 from latentdiff.precond import Denoiser, vp_coefficients
 from latentdiff.sampling.guidance import CFGDenoiser
+from latentdiff.schedules import sigma_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +136,6 @@ def frozen(*modules: nn.Module):
 def student_sigmas(denoiser: Denoiser, steps: int) -> torch.Tensor:
     """The k-step generator's input noise levels (k,): trailing timesteps T-1, T-1-T/k, ... (DMD2 uses
     999, 749, 499, 249 for k = 4); k = 1 is sigma_max alone."""
-    from latentdiff.schedules import sigma_grid
-
     return sigma_grid(denoiser.schedule, steps, "trailing")[:-1]
 
 
