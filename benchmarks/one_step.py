@@ -28,7 +28,7 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from latentdiff.io.checkpoint import load_checkpoint
+from latentdiff.io.checkpoint import read_config
 from latentdiff.io.images import make_grid
 from latentdiff.pipelines.diffusion import fit_model_grid, generate, load_model, samples_in_bf16
 from latentdiff.pipelines.evaluate import balanced_labels, evaluate_images, evaluation_prompts
@@ -56,7 +56,7 @@ def systems(args) -> list[dict]:
 
 def load_system(ckpt: str):
     """(denoiser, autoencoder, teacher RunConfig, guidance): a teacher checkpoint or a DMD student."""
-    if load_checkpoint(ckpt).config.get("task") == "dmd":
+    if read_config(ckpt).get("task") == "dmd":
         from latentdiff.pipelines.dmd import load_student
 
         student, autoencoder, cfg, _ = load_student(ckpt)

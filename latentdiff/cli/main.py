@@ -121,7 +121,7 @@ def sample_controlled(args, base: str | None, controlnets: list[str]) -> None:
 
 
 def cmd_eval(args) -> None:
-    from latentdiff.io.checkpoint import load_checkpoint
+    from latentdiff.io.checkpoint import read_config
     from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_autoencoder, load_model
     from latentdiff.presets import is_autoencoder_config
 
@@ -132,7 +132,7 @@ def cmd_eval(args) -> None:
     if len(args.target) != 1:
         sys.exit("usage: latentdiff eval CKPT | latentdiff eval adherence CKPT --prompts FILE")
     ckpt = args.target[0]
-    if is_autoencoder_config(load_checkpoint(ckpt).config):
+    if is_autoencoder_config(read_config(ckpt)):
         autoencoder, ae_cfg = load_autoencoder(ckpt, use_ema=not args.no_ema)
         report = evaluate_autoencoder(autoencoder, ae_cfg.data, n_fd=args.n, seed=args.seed)
     else:

@@ -137,6 +137,14 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old)
 
 
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the run config of the checkpoint at ``path`` (no tensors read); FileNotFoundError if none."""
+    found = resolve_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a directory with {CONFIG_FILE} and {MODEL_FILE})")
+    return json.loads((found / CONFIG_FILE).read_text())
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint directory written by :func:`save_checkpoint`.
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentdiff.conditioning.text import null_condition
 from latentdiff.config import Config
 from latentdiff.nn.layers import group_norm
 from latentdiff.objectives.diffusion import DiffusionConfig, DiffusionLoss
@@ -87,15 +88,15 @@ def distribution_matching_loss(x: torch.Tensor, real: nn.Module, fake: nn.Module
     return loss, {"dm_grad_norm": float(grad.flatten(1).norm(dim=1).mean())}
 
 
-def null_condition(cond: dict, num_classes: int) -> dict:
+def unconditional(cond: dict, num_classes: int) -> dict:
     """The unconditional branch of ``cond`` as the teacher learned it (DiffusionLoss's dropout):
-    labels -> the null class, text -> no tokens."""
+    labels -> the null class, text -> the empty prompt (``conditioning.null_condition``)."""
     out = dict(cond)
     if "class_labels" in cond:
         out["class_labels"] = torch.full_like(cond["class_labels"], num_classes)
     if "text" in cond:
-        out.update(text=torch.zeros_like(cond["text"]), text_mask=torch.zeros_like(cond["text_mask"]),
-                   pooled=torch.zeros_like(cond["pooled"]))
+        empty = null_condition(*cond["text"].shape)
+        out.update({k: v.to(cond[k].device, cond[k].dtype) for k, v in empty.items()})
     return out
 
 
@@ -185,7 +186,7 @@ class DistributionMatching(nn.Module):
             x = self.generate(z, cond, rng)
         loss, logs = torch.zeros((), device=data.device), {}
         if generator_turn:
-            real = CFGDenoiser(teacher, cfg.guidance, null_condition(cond, self.num_classes))
+            real = CFGDenoiser(teacher, cfg.guidance, unconditional(cond, self.num_classes))
             sigma = sample_noise_level(teacher, B, rng, (cfg.t_min, cfg.t_max)).to(data.device)
             eps = torch.randn(shape, generator=rng).to(data)
             loss_dm, more = distribution_matching_loss(x, real, self.fake, cond, sigma, eps)

@@ -12,7 +12,7 @@ from torch import nn
 
 from latentdiff.data import DataConfig, build_dataset, shapes
 from latentdiff.data.control import ControlConfig, ControlDataset, cached_control_maps
-from latentdiff.io.checkpoint import load_checkpoint
+from latentdiff.io.checkpoint import load_checkpoint, read_config
 from latentdiff.nn.controlnet import ControlledUNet, ControlNet, ControlNetConfig, resize_control
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
@@ -144,7 +144,7 @@ def prepare_control(control: torch.Tensor, cfg: ControlNetConfig, name: str = "c
 
 def base_of(ckpt: str | Path) -> tuple[str | None, list[str]]:
     """``sample CKPT``: a base checkpoint -> (CKPT, []); a ControlNet checkpoint -> (None, [CKPT])."""
-    config = load_checkpoint(ckpt).config
+    config = read_config(ckpt)
     return (None, [str(ckpt)]) if is_controlnet_config(config) else (str(ckpt), [])
 
 

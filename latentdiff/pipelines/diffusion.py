@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
 from latentdiff.data import build_dataset, grid_prompts
-from latentdiff.io.checkpoint import load_checkpoint
+from latentdiff.io.checkpoint import load_checkpoint, read_config
 from latentdiff.nn.unet import UNet
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
@@ -54,7 +54,7 @@ def load_model(ckpt: str | Path, use_ema: bool = True, device: str | torch.devic
     A DMD student's checkpoint gives the student, with the teacher's config and the student's sampling
     defaults (``pipelines.dmd.load_student``). Raises ValueError naming both shapes when the
     autoencoder's latents do not fit the U-Net."""
-    if load_checkpoint(ckpt).config.get("task") == "dmd":
+    if read_config(ckpt).get("task") == "dmd":
         from latentdiff.pipelines.dmd import load_student
 
         return load_student(ckpt, use_ema, device)[:3]

@@ -12,12 +12,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from latentdiff.autoencoders.losses import EffNetPerceptual
+from latentdiff.conditioning import TextConditioned, text_table
 from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.io.checkpoint import load_checkpoint
 from latentdiff.objectives.dmd import DistributionMatching
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.pipelines.diffusion import (build_backbone, generate, grid_conditions, load_denoiser, make_denoiser,
-                                            samples_in_bf16, text_conditioned)
+                                            samples_in_bf16)
 from latentdiff.precond import Denoiser
 from latentdiff.presets import DMDRunConfig, PairsConfig, RunConfig, is_dmd_config
 from latentdiff.training.trainer import Trainer
@@ -112,15 +113,14 @@ def train_dmd_run(cfg: DMDRunConfig, out_dir: str | Path, cpu: bool | None = Non
     cfg = cfg.replace(teacher_config=teacher_cfg)
     autoencoder = autoencoder_for(teacher_cfg, device)
     prompts = grid_prompts(teacher_cfg.data) if teacher_cfg.text is not None else None
+    train = build_dataset(teacher_cfg.data, "train")
+    table = text_table(teacher_cfg.text, list(train.captions) + prompts) if prompts is not None else None
     if cfg.pairs.n:
-        table = text_conditioned(teacher_cfg, build_dataset(teacher_cfg.data, "train"), prompts).table \
-            if prompts else None
         dataset = stored_pairs(out_dir, teacher, cfg, table)
     else:
-        dataset = latent_dataset(teacher_cfg, autoencoder) if teacher_cfg.autoencoder \
-            else build_dataset(teacher_cfg.data, "train")
-    if prompts is not None:
-        dataset = text_conditioned(teacher_cfg, dataset, prompts)
+        dataset = latent_dataset(teacher_cfg, autoencoder) if teacher_cfg.autoencoder else train
+    if table is not None:  # every pair's caption is a training caption: one table serves both
+        dataset = TextConditioned(dataset, list(getattr(dataset, "captions", None) or train.captions), table)
     module = DistributionMatching(teacher, cfg.dmd, teacher_cfg.diffusion, teacher_cfg.model.num_classes,
                                   regression_distance(cfg, autoencoder, device))
     bf16 = cfg.train.mixed_precision == "bf16"
