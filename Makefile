@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step bench-guidance clean
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,14 @@ one-step: setup
 	$(BIN)/latentdiff train --preset fmnist-dmd2 --out runs/fmnist-dmd2
 	$(BIN)/python benchmarks/one_step.py --teacher demo_out/checkpoint --student runs/fmnist-dmd/checkpoint \
 		--student2 runs/fmnist-dmd2/checkpoint --n 2000 --json benchmarks/results/one_step.json --png docs/one_step.png
+
+# latentdiff vs diffusers on the same U-Nets, bench-S and bench-L (DESIGN.md section 6; about 25 min
+# on 2 CPU cores): README, Performance
+performance: setup
+	$(BIN)/python benchmarks/unet_vs_diffusers.py --config S,L --profile \
+		--json 'benchmarks/results/unet_vs_diffusers_{config}.json' --png docs/performance.png
+	$(BIN)/python benchmarks/unet_vs_diffusers.py --config S --precision fp32 --diffusers-channels-last \
+		--json benchmarks/results/unet_vs_diffusers_S_diffusers_cl.json
 
 # ControlNet: edges and masks on shapes (30 min each), edges on Fashion-MNIST (20 min), over the
 # frozen text-to-image models of `make text-to-image`, then their control fidelity and FD

@@ -92,6 +92,13 @@ class DiscreteSchedule:
         self.alpha_bar = alpha_bar_from_betas(self.betas)
         self.sigmas = sigma_from_alpha_bar(self.alpha_bar)  # ascending in i
         self.log_sigmas = self.sigmas.log()
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    def log_sigmas_on(self, device: torch.device) -> torch.Tensor:
+        """``log_sigmas`` on ``device``, copied once (a copy every sampler step would sync the GPU)."""
+        if device not in self._tables:
+            self._tables[device] = self.log_sigmas.to(device)
+        return self._tables[device]
 
     @property
     def sigma_min(self) -> float:
@@ -104,7 +111,7 @@ class DiscreteSchedule:
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """(B,) sigma -> (B,) continuous timestep, same dtype as sigma."""
         log_sigma = sigma.to(torch.float64).clamp(self.sigma_min, self.sigma_max).log()
-        table = self.log_sigmas.to(sigma.device)
+        table = self.log_sigmas_on(sigma.device)
         hi = torch.searchsorted(table, log_sigma).clamp(1, self.T - 1)
         lo = hi - 1
         w = (log_sigma - table[lo]) / (table[hi] - table[lo])
@@ -116,7 +123,7 @@ class DiscreteSchedule:
         lo = t.floor().long()
         hi = (lo + 1).clamp(max=self.T - 1)
         w = t - lo
-        table = self.log_sigmas.to(t.device)
+        table = self.log_sigmas_on(t.device)
         return ((1 - w) * table[lo] + w * table[hi]).exp()
 
 

@@ -199,6 +199,12 @@ def cmd_demo(args) -> None:
     _write_json(args.json, report)
 
 
+def cmd_bench(args) -> None:
+    from latentdiff.bench import run_from_args
+
+    run_from_args(args)
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", help="sampler name (default: the run's); see latentdiff.sampling.SAMPLERS")
     p.add_argument("--steps", type=int, help="number of sampling steps (default: the run's)")
@@ -272,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--json", help="also write the report here")
     p.set_defaults(func=cmd_demo)
+
+    from latentdiff.bench import add_arguments
+    p = sub.add_parser("bench", help="latentdiff vs diffusers on the same U-Nets: training steps/s, forward, "
+                       "sampling, peak memory (needs diffusers; README, Performance)")
+    add_arguments(p, configs="S,L", rounds=2, precision="fp32")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

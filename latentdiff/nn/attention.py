@@ -63,3 +63,74 @@ class CrossAttention2d(nn.Module):
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+def token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Multi-head attention on token sequences: q (B, N, C), k and v (B, L, C), mask (B, L) bool
+    (True: attend) -> (B, N, C), softmax(q k^T / sqrt(C / heads)) v for each of ``heads`` heads."""
+    def split(y: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
+        return y.unflatten(-1, (heads, -1)).transpose(1, 2)
+    attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+    h = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_mask)
+    return h.transpose(1, 2).flatten(2)
+
+
+class GEGLU(nn.Module):
+    """Gated feed-forward (Shazeer 2020): (B, N, C) -> W_out (a * GELU(g)), [a, g] = W_in x, width mult * C."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.proj_in = nn.Linear(dim, 2 * mult * dim)
+        self.proj_out = nn.Linear(mult * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj_in(x).chunk(2, dim=-1)
+        return self.proj_out(a * F.gelu(gate))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm transformer layer on tokens x (B, N, C): self-attention, cross-attention on
+    context (B, L, D) when ``context_dim`` > 0, GEGLU feed-forward, each added to x (the layer of
+    Latent Diffusion's and Stable Diffusion's U-Nets, Rombach et al. 2021, appendix E)."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.self_out = nn.Linear(dim, dim)
+        self.q = nn.Linear(dim, dim, bias=False) if context_dim else None
+        self.kv = nn.Linear(context_dim, 2 * dim, bias=False) if context_dim else None
+        self.cross_out = nn.Linear(dim, dim) if context_dim else None
+        self.ff = GEGLU(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        x = x + self.self_out(token_attention(q, k, v, self.heads))
+        if self.kv is not None:
+            k, v = self.kv(context.to(x.dtype)).chunk(2, dim=-1)
+            x = x + self.cross_out(token_attention(self.q(self.norm2(x)), k, v, self.heads, mask))
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Residual transformer on a feature map (Rombach et al. 2021): (B, C, H, W), context (B, L, D),
+    mask (B, L) -> (B, C, H, W) = x + proj_out(TransformerBlock(proj_in(GN(x)) as H W tokens)).
+    The output projection starts at zero, so a new layer is the identity."""
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int | None = 1, head_dim: int | None = None,
+                 groups: int = 32):
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.block = TransformerBlock(channels, context_dim, head_count(channels, num_heads, head_dim))
+        self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        tokens = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        h = self.block(tokens, context, mask).reshape(B, H, W, C).permute(0, 3, 1, 2)
+        return x + self.proj_out(h)

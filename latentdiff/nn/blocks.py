@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentdiff.nn.attention import CrossAttention2d, SelfAttention2d
+from latentdiff.nn.attention import CrossAttention2d, SelfAttention2d, SpatialTransformer
 from latentdiff.nn.layers import group_norm, zero_module
 
 
@@ -78,7 +78,7 @@ class EmbedSequential(nn.ModuleList):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
-            elif isinstance(layer, CrossAttention2d):
+            elif isinstance(layer, (CrossAttention2d, SpatialTransformer)):
                 x = layer(x, context, mask)
             else:
                 x = layer(x)
@@ -86,8 +86,11 @@ class EmbedSequential(nn.ModuleList):
 
 
 def attention_layers(channels: int, context_dim: int, num_heads: int | None, head_dim: int | None,
-                     groups: int) -> list[nn.Module]:
-    """Self-attention, then cross-attention on text tokens when ``context_dim`` > 0."""
+                     groups: int, transformer: bool = False) -> list[nn.Module]:
+    """Self-attention, then cross-attention on text tokens when ``context_dim`` > 0; or with
+    ``transformer`` one transformer layer doing both and a feed-forward (Stable Diffusion's)."""
+    if transformer:
+        return [SpatialTransformer(channels, context_dim, num_heads, head_dim, groups)]
     layers: list[nn.Module] = [SelfAttention2d(channels, num_heads, head_dim, groups)]
     if context_dim:
         layers.append(CrossAttention2d(channels, context_dim, num_heads, head_dim, groups))
@@ -95,9 +98,10 @@ def attention_layers(channels: int, context_dim: int, num_heads: int | None, hea
 
 
 def res_stage(in_ch: int, out_ch: int, emb_dim: int, attention: bool, *, dropout: float, scale_shift: bool,
-              groups: int, num_heads: int | None, head_dim: int | None, context_dim: int = 0) -> EmbedSequential:
+              groups: int, num_heads: int | None, head_dim: int | None, context_dim: int = 0,
+              transformer: bool = False) -> EmbedSequential:
     """One ResBlock, followed by self- (and cross-) attention when ``attention``."""
     layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_dim, dropout, scale_shift, groups)]
     if attention:
-        layers += attention_layers(out_ch, context_dim, num_heads, head_dim, groups)
+        layers += attention_layers(out_ch, context_dim, num_heads, head_dim, groups, transformer)
     return EmbedSequential(layers)

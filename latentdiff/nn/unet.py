@@ -45,6 +45,7 @@ class UNetConfig(Config):
     patch_size: int = 1                   # > 1: space-to-depth at the input, depth-to-space at the output
     context_dim: int = 0                  # > 0: cross-attention on text tokens (B, L, context_dim) at every attention
     pooled_dim: int = 0                   # > 0: a pooled text embedding (B, pooled_dim) joins the time embedding
+    transformer: bool = False             # attention as Stable Diffusion's transformer layers (nn/attention.py)
 
 
 class UNetEncoder(nn.Module):
@@ -64,7 +65,7 @@ class UNetEncoder(nn.Module):
         self.null_token = nn.Parameter(torch.zeros(1, 1, cfg.context_dim)) if cfg.context_dim else None
         self.stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
                           groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
-                          context_dim=cfg.context_dim)
+                          context_dim=cfg.context_dim, transformer=cfg.transformer)
 
         self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -82,7 +83,7 @@ class UNetEncoder(nn.Module):
 
         self.middle = EmbedSequential([
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
-            *attention_layers(width, cfg.context_dim, cfg.num_heads, cfg.head_dim, cfg.norm_groups),
+            *attention_layers(width, cfg.context_dim, cfg.num_heads, cfg.head_dim, cfg.norm_groups, cfg.transformer),
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
         ])
 
@@ -99,13 +100,14 @@ class UNetEncoder(nn.Module):
         return emb
 
     def context(self, batch_size: int, text: torch.Tensor | None,
-                text_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The learned null token, then the text tokens: ((B, 1 + L, D), mask (B, 1 + L) bool)."""
+                text_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The learned null token, then the text tokens: ((B, 1 + L, D), mask (B, 1 + L) bool, or None
+        when every token is attended to, which lets attention skip the mask)."""
         null = self.null_token.expand(batch_size, 1, -1)
         if text is None:
-            return null, torch.ones(batch_size, 1, dtype=torch.bool, device=null.device)
+            return null, None
         if text_mask is None:
-            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            return torch.cat([null.to(text.dtype), text], 1), None
         keep = torch.ones(batch_size, 1, dtype=torch.bool, device=text.device)
         return torch.cat([null.to(text.dtype), text], 1), torch.cat([keep, text_mask.bool()], 1)
 

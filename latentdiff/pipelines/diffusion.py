@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from latentdiff.accel import prepare, use_channels_last
 from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
 from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.io.checkpoint import load_checkpoint, read_config
@@ -21,7 +22,7 @@ from latentdiff.sampling import (CFGDenoiser, ControlWindow, ThresholdedDenoiser
                                  prior_noise)
 from latentdiff.sampling.fitted import FittedGrid, fit_sigmas
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
-from latentdiff.training.trainer import Trainer
+from latentdiff.training.trainer import Trainer, resolve_mixed_precision
 
 
 def build_backbone(cfg: RunConfig) -> UNet:
@@ -38,14 +39,17 @@ def make_denoiser(net: nn.Module, cfg: RunConfig) -> Denoiser:
     return Denoiser(net, schedule, cfg.diffusion.parameterisation, cfg.diffusion.learned_variance)
 
 
-def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
-    """A checkpoint directory -> (Denoiser in eval mode, RunConfig)."""
+def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
+                  compile: bool = False):
+    """A checkpoint directory -> (Denoiser in eval mode, RunConfig); the network in the faster memory
+    format for its sampling precision on ``device``, torch.compile'd if ``compile`` (``accel.prepare``)."""
     state = load_checkpoint(ckpt)
     cfg = RunConfig.from_dict(state.config)
     net = build_backbone(cfg)
     weights = state.ema_state if use_ema and state.ema_state is not None else state.model_state
     net.load_state_dict(weights)
-    return make_denoiser(net.to(device).eval(), cfg), cfg
+    net = prepare(net.eval(), device, bf16=samples_in_bf16(cfg), compile=compile)
+    return make_denoiser(net, cfg), cfg
 
 
 def load_model(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
@@ -215,16 +219,20 @@ def grid_conditions(cfg: RunConfig, prompts: list[str] | None, n_grid: int | Non
     return labels, grid, n, per_row
 
 
-def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, channels_last: bool = True) -> dict:
-    """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint)."""
+def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, channels_last: bool | None = None) -> dict:
+    """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint).
+    ``channels_last`` None: the faster memory format for the device and precision (``accel``)."""
     autoencoder = autoencoder_for(cfg)
     dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
     prompts = grid_prompts(cfg.data) if cfg.text is not None else None
     if prompts is not None:
         dataset = text_conditioned(cfg, dataset, prompts)
     net = build_backbone(cfg)
-    if channels_last:  # faster convolutions on CPU (oneDNN) and GPU tensor cores
-        net = net.to(memory_format=torch.channels_last)
+    if channels_last is None:
+        use_cuda = torch.cuda.is_available() and not cpu
+        bf16 = resolve_mixed_precision(cfg.train.mixed_precision, use_cuda) == "bf16"
+        channels_last = use_channels_last("cuda" if use_cuda else "cpu", bf16)
+    net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:

@@ -37,7 +37,7 @@ def check_grid(sigmas: torch.Tensor, min_steps: int, name: str) -> int:
 
 def call_denoiser(denoise, x: torch.Tensor, sigma, cond) -> torch.Tensor:
     """D(x (B, ...), sigma as a (B,) tensor of x's dtype and device, cond) -> x0_hat (B, ...)."""
-    s = torch.as_tensor(sigma, dtype=torch.float64).to(x.dtype).to(x.device).expand(x.shape[0])
+    s = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)  # a fill: no host-device copy
     return denoise(x, s, cond)
 
 
