@@ -28,12 +28,25 @@ def use_channels_last(device: torch.device | str, bf16: bool) -> bool:
 
 
 def prepare(net: nn.Module, device: torch.device | str = "cpu", *, bf16: bool = False,
-            channels_last: bool | None = None, compile: bool | None = None) -> nn.Module:
+            channels_last: bool | None = None, compile: bool | None = None,
+            compile_mode: str | None = None) -> nn.Module:
     """Move ``net`` to ``device`` in place, in the memory format that is faster for it there
-    (``channels_last`` None: ``use_channels_last``), compiled if ``compile`` (None: on CUDA only)."""
+    (``channels_last`` None: ``use_channels_last``), compiled if ``compile`` (None: on CUDA only)
+    with torch.compile's ``compile_mode`` ("reduce-overhead" replays CUDA graphs)."""
     net.to(device)
     fast_layout = use_channels_last(device, bf16) if channels_last is None else channels_last
     net.to(memory_format=torch.channels_last if fast_layout else torch.contiguous_format)
     if default_compile(device) if compile is None else compile:
-        net.compile()
+        net.compile(mode=compile_mode)
     return net
+
+
+def training_memory_format(mixed_precision: str, cpu: bool | None = None) -> torch.memory_format:
+    """The faster memory format for a training run, with the Trainer's device (CUDA when available
+    unless ``cpu``) and precision (``mixed_precision`` "auto" = bf16 on CUDA)."""
+    from latentdiff.training.trainer import resolve_mixed_precision
+
+    use_cuda = torch.cuda.is_available() and not cpu
+    bf16 = resolve_mixed_precision(mixed_precision, use_cuda) == "bf16"
+    fast = use_channels_last("cuda" if use_cuda else "cpu", bf16)
+    return torch.channels_last if fast else torch.contiguous_format

@@ -4,6 +4,10 @@ the surrogate loss has exactly that gradient, the regression pairs reproduce the
 backward simulation is the consistency sampler, the two time-scale rule, and the training run."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,6 +189,24 @@ def test_a_non_finite_loss_stops_the_run_naming_it_and_keeps_the_checkpoint(dmd_
         main(["train", "--preset", "tiny-dmd", "--out", str(out), "--set", f"teacher={dmd_run / 'teacher'}/checkpoint",
               "--set", "train.max_steps=12"])
     assert load_checkpoint(out / "checkpoint").trainer_state["step"] == before
+
+
+def test_dmd2_trains_on_two_processes(dmd_run, tmp_path):
+    """DMD2's fake-score-only steps leave the generator without gradients: DDP (2 gloo processes) has
+    to be told to look for unused parameters, and then trains the generator every other step."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "latentdiff.cli.main", "train", "--preset", "tiny-dmd2", "--out", str(tmp_path / "dmd2"),
+           "--set", f"teacher={dmd_run / 'teacher'}/checkpoint"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "dmd2" / "checkpoint")
+    steps = get_preset("tiny-dmd2").train.max_steps
+    assert state.trainer_state["step"] == steps and int(state.model_state["updates"]) == steps
+    teacher = load_checkpoint(dmd_run / "teacher" / "checkpoint").ema_state
+    moved = [k for k, v in teacher.items() if not torch.equal(state.model_state[f"generator.net.{k}"], v)]
+    assert moved, "the generator never changed"
 
 
 def test_text_and_latent_teachers_distil_through_the_cli(tmp_path):

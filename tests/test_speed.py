@@ -10,7 +10,7 @@
 import pytest
 import torch
 
-from latentdiff.accel import default_compile, prepare
+from latentdiff.accel import default_compile, prepare, training_memory_format, use_channels_last
 from latentdiff.nn import UNet, UNetConfig
 from latentdiff.nn.attention import GEGLU, SpatialTransformer, token_attention
 from latentdiff.precond import Denoiser
@@ -29,8 +29,16 @@ def text_unet(**kw) -> UNet:
     return net.eval()
 
 
-def test_default_compile_is_cuda_only():
+def test_speed_defaults_follow_the_measurements():
+    """compile on CUDA only; channels_last on CUDA and for fp32 on CPU (NHWC GroupNorm is slow in bf16)."""
     assert default_compile("cuda") and not default_compile("cpu")
+    assert use_channels_last("cuda", bf16=True) and use_channels_last("cpu", bf16=False)
+    assert not use_channels_last("cpu", bf16=True)
+    assert training_memory_format("bf16", cpu=True) == torch.contiguous_format
+    assert training_memory_format("no", cpu=True) == training_memory_format("auto", cpu=True) == torch.channels_last
+    net = prepare(text_unet(), bf16=True)
+    assert net.conv_in.weight.is_contiguous()
+    assert prepare(net).conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("transformer", [False, True])

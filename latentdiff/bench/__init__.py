@@ -20,12 +20,14 @@ from latentdiff.bench.timing import OtherLoad, measure, summary
 __all__ = ["run", "run_from_args", "add_arguments", "CONFIGS"]
 
 
-def _sides(config: str, device: torch.device, compile: bool, diffusers_channels_last: bool) -> list[Side]:
+def _sides(config: str, device: torch.device, compile: bool, diffusers_channels_last: bool,
+           compile_mode: str | None = None) -> list[Side]:
     ours, theirs = latentdiff_side(config), diffusers_side(config)
     for m in ours.modules():  # the memory format is set again for each precision (``_layout``)
-        prepare(m, device, compile=compile and m is ours.net)
+        prepare(m, device, compile=compile and m is ours.net, compile_mode=compile_mode)
     for m in theirs.modules():  # as diffusers runs by default (NCHW), unless asked otherwise
-        prepare(m, device, channels_last=diffusers_channels_last, compile=compile and m is theirs.net)
+        prepare(m, device, channels_last=diffusers_channels_last, compile=compile and m is theirs.net,
+                compile_mode=compile_mode)
     for k, n in count(ours).items():
         m = count(theirs)[k]
         if abs(n - m) > 0.05 * m:
@@ -70,8 +72,8 @@ def _row(task, precision: str, runs: dict) -> dict:
 
 
 def run(config: str = "S", *, rounds: int = 3, precisions=("fp32", "bf16"), device: str = "cpu",
-        compile: bool = False, diffusers_channels_last: bool = False, train_steps: int = 3,
-        forward_repeats: int = 3, sampling: bool = True, log=print) -> dict:
+        compile: bool = False, compile_mode: str | None = None, diffusers_channels_last: bool = False,
+        train_steps: int = 3, forward_repeats: int = 3, sampling: bool = True, log=print) -> dict:
     """Time bench-``config`` in both libraries -> a JSON-able dict with one row per (task, precision)."""
     if config not in CONFIGS:
         raise ValueError(f"unknown bench config {config!r}; valid: {', '.join(CONFIGS)}")
@@ -79,7 +81,7 @@ def run(config: str = "S", *, rounds: int = 3, precisions=("fp32", "bf16"), devi
         raise ValueError("rounds must be >= 1")
     dev = torch.device(device)
     cfg = CONFIGS[config]
-    sides = _sides(config, dev, compile, diffusers_channels_last)
+    sides = _sides(config, dev, compile, diffusers_channels_last, compile_mode)
     rows = []
     with OtherLoad() as load:
         for precision in precisions:
@@ -93,7 +95,8 @@ def run(config: str = "S", *, rounds: int = 3, precisions=("fp32", "bf16"), devi
             times = _time_rounds(sides, tasks, rounds, dev, log)
             rows += [_row(t, precision, times[t.name]) for t in tasks["latentdiff"]]
     return {"config": config, "device": device_name(dev), "torch": torch.__version__, "diffusers": _diffusers_version(),
-            "compile": compile, "diffusers_channels_last": diffusers_channels_last, "rounds": rounds,
+            "compile": compile, "compile_mode": compile_mode, "diffusers_channels_last": diffusers_channels_last,
+            "rounds": rounds,
             "parameters": {s.name: count(s) for s in sides}, "other_load_cores": round(load.cores, 2),
             "rows": rows, "best": best_of(rows)}
 
@@ -113,7 +116,16 @@ def best_of(rows: list[dict]) -> list[dict]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads ({torch.backends.cpu.get_cpu_capability()})"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def _diffusers_version() -> str:
@@ -128,12 +140,13 @@ def add_arguments(p, *, configs: str, rounds: int, precision: str) -> None:
     p.add_argument("--precision", default=precision, help="comma list of fp32, bf16 (autocast)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile both U-Nets")
+    p.add_argument("--compile-mode", help='torch.compile mode for both, e.g. "reduce-overhead" (CUDA graphs)')
     p.add_argument("--diffusers-channels-last", action="store_true", help="run diffusers in channels_last too")
     p.add_argument("--train-steps", type=int, default=3, help="AdamW steps per timed training call")
     p.add_argument("--no-sampling", action="store_true", help="skip the full sampling runs")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of both libraries")
     p.add_argument("--json", help="write the results here (one file; {config} in the name is replaced)")
-    p.add_argument("--png", help="also save a bar chart of the speed-ups (latentdiff.bench.figure)")
+    p.add_argument("--png", help="also save a bar chart of the speed-ups")
 
 
 def run_from_args(args) -> list[dict]:
@@ -146,7 +159,8 @@ def run_from_args(args) -> list[dict]:
     results = []
     for config in args.config.split(","):
         result = run(config, rounds=args.rounds, precisions=tuple(args.precision.split(",")), device=args.device,
-                     compile=args.compile, diffusers_channels_last=args.diffusers_channels_last,
+                     compile=args.compile, compile_mode=args.compile_mode,
+                     diffusers_channels_last=args.diffusers_channels_last,
                      train_steps=args.train_steps, sampling=not args.no_sampling)
         print(table(result) + "\n", flush=True)
         if args.profile:

@@ -88,7 +88,11 @@ def latentdiff_side(name: str) -> Side:
 
 
 def diffusers_side(name: str) -> Side:
-    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+    try:
+        from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+    except ImportError as err:
+        raise ImportError(f"the benchmark compares against diffusers, which does not import ({err}); "
+                          "pip install diffusers") from err
 
     if name == "S":
         net = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128),

@@ -202,7 +202,10 @@ def cmd_demo(args) -> None:
 def cmd_bench(args) -> None:
     from latentdiff.bench import run_from_args
 
-    run_from_args(args)
+    try:
+        run_from_args(args)
+    except ImportError as err:
+        sys.exit(f"latentdiff bench: {err}")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from latentdiff.autoencoders import IdentityAutoencoder, LatentAutoencoder, build_autoencoder
 from latentdiff.autoencoders.losses import AutoencoderTraining, psnr
+from latentdiff.accel import training_memory_format
 from latentdiff.data import DataConfig, build_dataset, shapes
 from latentdiff.data.latent_cache import META_FILE, LatentDataset, write_latent_cache
 from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset
@@ -44,7 +45,8 @@ def autoencoder_trainer(cfg: AutoencoderRunConfig, out_dir: str | Path, cpu: boo
         raise ValueError(f"autoencoder expects {cfg.autoencoder.in_channels}x{cfg.autoencoder.image_size}^2 images, "
                          f"data gives {cfg.data.channels}x{cfg.data.image_size}^2")
     dataset = build_dataset(cfg.data, "train")
-    module = AutoencoderTraining(cfg.autoencoder, cfg.loss).to(memory_format=torch.channels_last)
+    module = AutoencoderTraining(cfg.autoencoder, cfg.loss).to(
+        memory_format=training_memory_format(cfg.train.mixed_precision, cpu))
     shown = random_subset(build_dataset(cfg.data, "test"), 50, seed=1)
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator):

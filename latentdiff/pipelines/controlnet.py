@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from latentdiff.accel import training_memory_format
 from latentdiff.data import DataConfig, build_dataset, shapes
 from latentdiff.data.control import ControlConfig, ControlDataset, cached_control_maps
 from latentdiff.io.checkpoint import load_checkpoint, read_config
@@ -46,7 +47,8 @@ def train_controlnet_run(cfg: ControlNetRunConfig, out_dir: str | Path, cpu: boo
     """Train a ControlNet over the frozen base ``cfg.base`` into the run folder ``out_dir`` (resumes)."""
     device = torch.device("cpu" if cpu or (cpu is None and not torch.cuda.is_available()) else "cuda")
     base, base_cfg = load_denoiser(cfg.base, device=device)
-    unet = base.net.requires_grad_(False).eval().to(memory_format=torch.channels_last)
+    layout = training_memory_format(cfg.train.mixed_precision, cpu)
+    unet = base.net.requires_grad_(False).eval().to(memory_format=layout)
     cfg = cfg.replace(base_model=base_cfg.model)
     autoencoder = autoencoder_for(base_cfg, device)
     pixels, maps = dataset_controls(base_cfg.data, cfg.control, "train")
@@ -56,7 +58,7 @@ def train_controlnet_run(cfg: ControlNetRunConfig, out_dir: str | Path, cpu: boo
     if base_cfg.text is not None:
         dataset = text_conditioned(base_cfg, dataset, grid_prompts)
     dataset = ControlDataset(dataset, maps)
-    controlnet = ControlNet.from_unet(unet, cfg.controlnet).to(memory_format=torch.channels_last)
+    controlnet = ControlNet.from_unet(unet, cfg.controlnet).to(memory_format=layout)
     diffusion = DiffusionLoss(base_cfg.diffusion.replace(cond_drop_prob=cfg.prompt_drop_prob),
                               num_classes=base_cfg.model.num_classes)
     bf16 = cfg.train.mixed_precision == "bf16"

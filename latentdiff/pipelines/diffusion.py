@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentdiff.accel import prepare, use_channels_last
+from latentdiff.accel import prepare, training_memory_format
 from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
 from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.io.checkpoint import load_checkpoint, read_config
@@ -22,7 +22,7 @@ from latentdiff.sampling import (CFGDenoiser, ControlWindow, ThresholdedDenoiser
                                  prior_noise)
 from latentdiff.sampling.fitted import FittedGrid, fit_sigmas
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
-from latentdiff.training.trainer import Trainer, resolve_mixed_precision
+from latentdiff.training.trainer import Trainer
 
 
 def build_backbone(cfg: RunConfig) -> UNet:
@@ -229,10 +229,9 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, chan
         dataset = text_conditioned(cfg, dataset, prompts)
     net = build_backbone(cfg)
     if channels_last is None:
-        use_cuda = torch.cuda.is_available() and not cpu
-        bf16 = resolve_mixed_precision(cfg.train.mixed_precision, use_cuda) == "bf16"
-        channels_last = use_channels_last("cuda" if use_cuda else "cpu", bf16)
-    net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        net = net.to(memory_format=training_memory_format(cfg.train.mixed_precision, cpu))
+    else:
+        net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:

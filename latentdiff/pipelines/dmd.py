@@ -131,7 +131,8 @@ def train_dmd_run(cfg: DMDRunConfig, out_dir: str | Path, cpu: bool | None = Non
 
     sample_fn = student_grid(cfg, teacher_cfg, autoencoder, prompts, getattr(dataset, "table", None))
     trainer = Trainer(module, loss_fn, dataset, cfg.train.replace(mixed_precision="no"), out_dir,
-                      run_config=cfg.to_dict(), sample_fn=sample_fn, cpu=cpu)
+                      run_config=cfg.to_dict(), sample_fn=sample_fn, cpu=cpu,
+                      unused_parameters=cfg.dmd.fake_updates > 1)
     return trainer.train()
 
 

@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -165,6 +166,8 @@ class Trainer:
             ``[-1, 1]``; called on the main process every ``sample_every``
             steps and at the end; ``caption`` and ``nrow`` attributes on it title and shape the grids.
         cpu: force CPU (``True``) or not; ``None`` uses CUDA when available.
+        unused_parameters: some steps leave parameters without gradients (DMD2's fake-score-only
+            steps), so DDP must look for them (``find_unused_parameters``).
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class Trainer:
         run_config: dict,
         sample_fn: SampleFn | None = None,
         cpu: bool | None = None,
+        unused_parameters: bool = False,
     ) -> None:
         if cpu is None:
             cpu = not torch.cuda.is_available()
@@ -188,6 +192,7 @@ class Trainer:
             cpu=cpu,
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision, not cpu and torch.cuda.is_available()),
             gradient_accumulation_steps=cfg.grad_accum,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)],
         )
         acc = self.accelerator
         self.rank, self.world_size = acc.process_index, acc.num_processes
