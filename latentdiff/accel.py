@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentdiff.training.trainer import resolve_mixed_precision
+
 
 def default_compile(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
@@ -44,8 +46,6 @@ def prepare(net: nn.Module, device: torch.device | str = "cpu", *, bf16: bool = 
 def training_memory_format(mixed_precision: str, cpu: bool | None = None) -> torch.memory_format:
     """The faster memory format for a training run, with the Trainer's device (CUDA when available
     unless ``cpu``) and precision (``mixed_precision`` "auto" = bf16 on CUDA)."""
-    from latentdiff.training.trainer import resolve_mixed_precision
-
     use_cuda = torch.cuda.is_available() and not cpu
     bf16 = resolve_mixed_precision(mixed_precision, use_cuda) == "bf16"
     fast = use_channels_last("cuda" if use_cuda else "cpu", bf16)

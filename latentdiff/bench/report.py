@@ -21,8 +21,8 @@ def _fmt(v: dict) -> str:
 def table(result: dict) -> str:
     """Markdown table of a ``run`` result."""
     lines = [f"bench-{result['config']} on {result['device']}, torch {result['torch']}, "
-             f"diffusers {result['diffusers']}, {result['rounds']} rounds, compile {result['compile']}; other processes used "
-             f"{result['other_load_cores']} cores on average. latentdiff in the memory format `accel` picks; "
+             f"diffusers {result['diffusers']}, {result['rounds']} rounds, compile {result['compile']}; "
+             f"other processes used {result['other_load_cores']} cores on average. latentdiff in the memory format `accel` picks; "
              f"diffusers in {'channels_last' if result['diffusers_channels_last'] else 'NCHW (its default)'}.",
              "", "| task | precision | unit | latentdiff | diffusers | speed-up | peak MiB (ours / theirs) |",
              "|---|---|---|---|---|---|---|"]

@@ -83,7 +83,8 @@ class UNetEncoder(nn.Module):
 
         self.middle = EmbedSequential([
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
-            *attention_layers(width, cfg.context_dim, cfg.num_heads, cfg.head_dim, cfg.norm_groups, cfg.transformer),
+            *attention_layers(width, cfg.context_dim, cfg.num_heads, cfg.head_dim, cfg.norm_groups,
+                              cfg.transformer),
             ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
         ])
 

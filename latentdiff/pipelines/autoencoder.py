@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from latentdiff.accel import training_memory_format
 from latentdiff.autoencoders import IdentityAutoencoder, LatentAutoencoder, build_autoencoder
 from latentdiff.autoencoders.losses import AutoencoderTraining, psnr
-from latentdiff.accel import training_memory_format
 from latentdiff.data import DataConfig, build_dataset, shapes
 from latentdiff.data.latent_cache import META_FILE, LatentDataset, write_latent_cache
 from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset

@@ -219,19 +219,16 @@ def grid_conditions(cfg: RunConfig, prompts: list[str] | None, n_grid: int | Non
     return labels, grid, n, per_row
 
 
-def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None, channels_last: bool | None = None) -> dict:
-    """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint).
-    ``channels_last`` None: the faster memory format for the device and precision (``accel``)."""
+def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> dict:
+    """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint), the network
+    in the faster memory format for the device and precision (``accel.training_memory_format``)."""
     autoencoder = autoencoder_for(cfg)
     dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
     prompts = grid_prompts(cfg.data) if cfg.text is not None else None
     if prompts is not None:
         dataset = text_conditioned(cfg, dataset, prompts)
     net = build_backbone(cfg)
-    if channels_last is None:
-        net = net.to(memory_format=training_memory_format(cfg.train.mixed_precision, cpu))
-    else:
-        net = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    net = net.to(memory_format=training_memory_format(cfg.train.mixed_precision, cpu))
     loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
