@@ -62,9 +62,7 @@ def _row(task, precision: str, runs: dict) -> dict:
     row = {"task": task.name, "precision": precision, "unit": task.unit}
     for side, values in runs.items():
         secs = [s for s, _ in values]
-        per = [task.count / s for s in secs] if task.rate else [1000 * s / task.count if "ms" in task.unit else s
-                                                                for s in secs]
-        row[side] = {**summary(per), "peak_mib": max(m for _, m in values), "seconds": summary(secs)["median"]}
+        row[side] = {**summary([task.value(s) for s in secs]), "peak_mib": max(m for _, m in values), "seconds": summary(secs)["median"]}
     ours, theirs = row["latentdiff"], row["diffusers"]
     row["speedup"] = theirs["seconds"] / ours["seconds"]          # > 1: latentdiff is faster
     row["memory_ratio"] = ours["peak_mib"] / max(theirs["peak_mib"], 1e-9)

@@ -33,6 +33,12 @@ class Task:
     count: int = 1
     rate: bool = False
 
+    def value(self, seconds: float) -> float:
+        """The reported number for one timed call: count / s for rates, ms or s per unit otherwise."""
+        if self.rate:
+            return self.count / seconds
+        return 1000 * seconds / self.count if self.unit.startswith("ms") else seconds
+
 
 def inputs(cfg: BenchConfig, batch: int, seed: int = 0) -> dict:
     """x (B, C, S, S), integer timesteps t (B,), noise, and text states (B, L, D) or None."""
