@@ -3,7 +3,8 @@
 from latentdiff.training.ema import EMA
 from latentdiff.training.optim import LinearWarmup, build_optimizer, warmup_schedule
 from latentdiff.training.plots import plot_loss, read_metrics
-from latentdiff.training.trainer import BatchStream, Trainer, TrainConfig, epoch_permutation
+from latentdiff.training.batches import BatchStream, epoch_permutation
+from latentdiff.training.trainer import Trainer, TrainConfig
 
 __all__ = [
     "EMA",

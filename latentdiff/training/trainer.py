@@ -15,7 +15,7 @@ Run folder (DESIGN.md section 3)::
     out_dir/samples/step_000500.png
     out_dir/checkpoint/      last good checkpoint (see latentdiff.io.checkpoint)
 
-Exact resume: the trainer state holds the optimizer step, the data position
+Exact resume: the trainer state (latentdiff.training.state) holds the optimizer step, the data position
 (epoch, batch index within the epoch), optimizer and LR-scheduler state,
 every rank's loss generator and torch RNG states and the elapsed time. Data
 order is a function of (seed, epoch) only, so a resumed run sees the same
@@ -39,15 +39,16 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latentdiff.config import Config
 from latentdiff.io.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from latentdiff.io.images import save_grid
+from latentdiff.training.batches import BatchStream
 from latentdiff.training.ema import EMA
 from latentdiff.training.optim import build_optimizer, warmup_schedule
 from latentdiff.training.plots import plot_loss
+from latentdiff.training.state import gather_rng_states, restore_rng_states
 
 LossFn = Callable[[nn.Module, dict, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
 SampleFn = Callable[[nn.Module, int], torch.Tensor]
@@ -81,73 +82,6 @@ def resolve_mixed_precision(value: str, use_cuda: bool) -> str:
     if value not in ("no", "bf16", "fp16"):
         raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16; got {value!r}")
     return value
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The global data order of one epoch: ``(n,)`` LongTensor, a function of (seed, epoch) only."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
-    return torch.randperm(n, generator=g)
-
-
-class BatchStream:
-    """Per-rank batches in a deterministic, resumable order.
-
-    Each epoch's permutation (:func:`epoch_permutation`) is split across
-    ranks as ``perm[rank::world_size]``; every rank takes the same number of
-    whole batches of ``batch_size`` (the remainder is dropped). ``position``
-    = (epoch, index of the next batch in the epoch) is all resume needs.
-    Uses ``dataset.get_batch(index)`` when present, else a ``DataLoader``
-    over ``dataset[i]`` with ``num_workers`` workers.
-    """
-
-    def __init__(self, dataset, batch_size: int, seed: int, rank: int, world_size: int,
-                 num_workers: int, device: torch.device) -> None:
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.num_workers, self.device = num_workers, device
-        self.batches_per_epoch = len(dataset) // world_size // batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"dataset of {len(dataset)} items is too small for batch_size {batch_size} "
-                f"on {world_size} process(es)"
-            )
-        self.epoch, self.index = 0, 0
-        self._indices: torch.Tensor | None = None  # this rank's indices for self.epoch
-        self._loader = None  # iterator over the DataLoader (slow path)
-
-    @property
-    def position(self) -> tuple[int, int]:
-        return self.epoch, self.index
-
-    def seek(self, epoch: int, index: int) -> None:
-        """Continue at batch ``index`` of ``epoch``."""
-        self.epoch, self.index, self._indices, self._loader = epoch, index, None, None
-
-    def next(self) -> dict:
-        """The next batch, tensors moved to the device."""
-        if self.index >= self.batches_per_epoch:
-            self.seek(self.epoch + 1, 0)
-        if self._indices is None:
-            perm = epoch_permutation(len(self.dataset), self.seed, self.epoch)
-            self._indices = perm[self.rank :: self.world_size][: self.batches_per_epoch * self.batch_size]
-        b = self.batch_size
-        if hasattr(self.dataset, "get_batch"):
-            batch = self.dataset.get_batch(self._indices[self.index * b : (self.index + 1) * b])
-        else:
-            if self._loader is None:
-                self._loader = iter(self._make_loader(self._indices[self.index * b :].tolist()))
-            batch = next(self._loader)
-        self.index += 1
-        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-    def _make_loader(self, indices: list[int]) -> DataLoader:
-        # An explicit generator keeps DataLoader from drawing on the global torch RNG.
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1024 + self.rank)
-        return DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=indices, num_workers=self.num_workers,
-            drop_last=True, generator=g, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
 
 
 class Trainer:
@@ -398,7 +332,7 @@ class Trainer:
     def save(self) -> None:
         """Save ``out_dir/checkpoint`` (all processes must call this together)."""
         acc = self.accelerator
-        per_rank = self._gather_rng_states()
+        per_rank = gather_rng_states(acc, self.generator)
         acc.wait_for_everyone()
         if acc.is_main_process:
             epoch, index = self.data.position
@@ -422,19 +356,6 @@ class Trainer:
         self._saved_step = self.step
         acc.wait_for_everyone()
 
-    def _gather_rng_states(self) -> dict[str, list[torch.Tensor]]:
-        """Every rank's loss-generator and torch RNG states, as lists indexed by rank."""
-        local = {"loss_generator": self.generator.get_state(), "cpu_rng": torch.get_rng_state()}
-        if self.accelerator.device.type == "cuda":
-            local["cuda_rng"] = torch.cuda.get_rng_state(self.accelerator.device)
-        if self.world_size == 1:
-            return {k: [v] for k, v in local.items()}
-        out = {}
-        for key, value in local.items():
-            gathered = self.accelerator.gather(value.to(self.accelerator.device)[None]).cpu()
-            out[key] = list(gathered.unbind(0))
-        return out
-
     def _load_trainer_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self._saved_step = self.step
@@ -445,10 +366,7 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         if int(state["world_size"]) == self.world_size:
             self.data.seek(int(state["epoch"]), int(state["batch_index"]))
-            self.generator.set_state(state["loss_generator"][self.rank])
-            torch.set_rng_state(state["cpu_rng"][self.rank])
-            if "cuda_rng" in state and self.accelerator.device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"][self.rank], self.accelerator.device)
+            restore_rng_states(self.accelerator, self.generator, state)
         else:
             # Another process count shards the data differently: continue at the
             # next epoch with fresh per-rank seeds (not bitwise exact, but sound).

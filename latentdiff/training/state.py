@@ -1,0 +1,37 @@
+"""The trainer state saved beside a checkpoint's weights, for exact resume.
+
+``trainer_state.pt`` holds the optimizer step, the data position (epoch, batch index within the
+epoch), optimizer and LR-scheduler state, every rank's loss generator and torch RNG states and the
+elapsed time: only tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)`` (latentdiff.io.checkpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+
+def gather_rng_states(acc: Accelerator, generator: torch.Generator) -> dict[str, list[torch.Tensor]]:
+    """Every rank's loss-generator and torch RNG states, as lists indexed by rank (a collective)."""
+    local = {"loss_generator": generator.get_state(), "cpu_rng": torch.get_rng_state()}
+    if acc.device.type == "cuda":
+        local["cuda_rng"] = torch.cuda.get_rng_state(acc.device)
+    if acc.num_processes == 1:
+        return {k: [v] for k, v in local.items()}
+    out = {}
+    for key, value in local.items():
+        gathered = acc.gather(value.to(acc.device)[None]).cpu()
+        out[key] = list(gathered.unbind(0))
+    return out
+
+
+def restore_rng_states(acc: Accelerator, generator: torch.Generator, state: dict[str, Any]) -> None:
+    """This rank's loss-generator and torch RNG states from a :func:`gather_rng_states` dict."""
+    rank = acc.process_index
+    generator.set_state(state["loss_generator"][rank])
+    torch.set_rng_state(state["cpu_rng"][rank])
+    if "cuda_rng" in state and acc.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"][rank], acc.device)
