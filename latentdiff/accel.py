@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latentdiff.training.trainer import resolve_mixed_precision
+from latentdiff.training.train_config import resolve_mixed_precision
 
 
 def default_compile(device: torch.device | str) -> bool:

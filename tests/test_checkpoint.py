@@ -82,24 +82,38 @@ def test_missing_checkpoint_names_the_path(tmp_path):
         load_checkpoint(tmp_path / "nowhere")
 
 
-def test_write_killed_midway_keeps_previous(tmp_path, monkeypatch):
+def test_write_failing_midway_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "ck"
     old = _states(5)
     save_checkpoint(path, *old)
+    real_write = ckpt._write_bytes
 
-    def killed(*args, **kwargs):  # model and EMA are written; dies before trainer_state.pt
-        raise RuntimeError("killed")
+    def failing(file, data):  # config, model and EMA are written; fails on trainer_state.pt
+        if file.name == ckpt.TRAINER_STATE_FILE:
+            raise OSError(28, "No space left on device", str(file))
+        real_write(file, data)
 
-    monkeypatch.setattr(ckpt, "_write_torch", killed)
-    with pytest.raises(RuntimeError, match="killed"):
+    monkeypatch.setattr(ckpt, "_write_bytes", failing)
+    with pytest.raises(OSError, match="No space left"):
         save_checkpoint(path, *_states(6))
-    assert (tmp_path / "ck.tmp" / "model.safetensors").exists()  # the partial write
-    _assert_same(load_checkpoint(path), *old)
+    assert sorted(os.listdir(tmp_path)) == ["ck"]  # the partial write is removed
+    _assert_same(load_checkpoint(path, trainer_state=True), *old)
 
-    monkeypatch.undo()  # the next save cleans up the partial one
+    monkeypatch.undo()
     new = _states(7)
     save_checkpoint(path, *new)
-    _assert_same(load_checkpoint(path), *new)
+    _assert_same(load_checkpoint(path, trainer_state=True), *new)
+    assert sorted(os.listdir(tmp_path)) == ["ck"]
+
+
+def test_leftover_tmp_of_a_killed_save_is_replaced(tmp_path):
+    path = tmp_path / "ck"
+    save_checkpoint(path, *_states(1))
+    (tmp_path / "ck.tmp").mkdir()
+    (tmp_path / "ck.tmp" / "model.safetensors").write_bytes(b"half")
+    new = _states(2)
+    save_checkpoint(path, *new)
+    _assert_same(load_checkpoint(path, trainer_state=True), *new)
     assert sorted(os.listdir(tmp_path)) == ["ck"]
 
 
@@ -121,11 +135,11 @@ def test_recovery_when_killed_between_renames(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert not path.exists() and (tmp_path / "ck.old").exists()
     assert checkpoint_exists(path)
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, trainer_state=True)
     assert loaded.path.name == "ck.old"
     _assert_same(loaded, *old)
 
     new = _states(10)
     save_checkpoint(path, *new)
-    _assert_same(load_checkpoint(path), *new)
+    _assert_same(load_checkpoint(path, trainer_state=True), *new)
     assert sorted(os.listdir(tmp_path)) == ["ck"]

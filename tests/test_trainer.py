@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from latentdiff.io.checkpoint import load_checkpoint
-from latentdiff.training import TrainConfig, Trainer, epoch_permutation
+from latentdiff.training import DivergenceError, TrainConfig, Trainer, TrainingStopped, epoch_permutation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,12 +125,13 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
             return loss * float("nan"), {"mse": float("inf")}
         return loss, logs
 
-    with pytest.raises(FloatingPointError, match=r"step 8.*'loss', 'mse'"):
+    with pytest.raises(DivergenceError, match=r"step 8: non-finite loss, mse; kept the checkpoint of step 5 in"):
         run(tmp_path, config(), loss_fn=exploding)
     state = load_checkpoint(tmp_path / "checkpoint")
     assert state.path.name == "checkpoint" and state.trainer_state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state.model_state.values())
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "config.json", "loss.png", "metrics.jsonl", "samples"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "config.json", "loss.png", "metrics.jsonl", "samples",
+                                       "train.lock"]
 
 
 def test_sigterm_saves_then_exits(tmp_path):
@@ -143,9 +144,9 @@ def test_sigterm_saves_then_exits(tmp_path):
         return denoise_loss(model, batch, generator)
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(TrainingStopped, match="SIGTERM at step 3; checkpoint saved in .*run the same command") as info:
         run(tmp_path, config(), loss_fn=interrupted)
-    assert info.value.code == 143
+    assert info.value.exit_code == 143
     assert load_checkpoint(tmp_path / "checkpoint").trainer_state["step"] == 3
     assert signal.getsignal(signal.SIGTERM) == before  # handler restored
 

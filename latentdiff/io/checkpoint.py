@@ -17,10 +17,18 @@ process dies there is either ``<name>`` (complete: it only ever appears by
 renaming a finished, fsynced directory) or, between the two renames, only
 ``<name>.old`` (the previous complete checkpoint). :func:`load_checkpoint`
 reads ``<name>`` and falls back to ``<name>.old``.
+
+Readers. :func:`load_checkpoint` opens the checkpoint directory once and reads every file
+relative to that open directory, so a reader racing a save gets all its files from one
+checkpoint (a swapped-out directory stays readable through the open handle; if the writer has
+already deleted it, the read starts again on the new one). Damaged files are reported by name
+(ValueError), and a failed write (a full disk) removes its ``.tmp`` and leaves the previous
+checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -29,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -113,13 +123,19 @@ def save_checkpoint(
     if tmp.exists():  # leftover of a save that was killed while writing
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _write_text(tmp / CONFIG_FILE, config_text)
-    _write_safetensors(tmp / MODEL_FILE, model_state)
-    if ema_state is not None:
-        _write_safetensors(tmp / EMA_FILE, ema_state)
-    if trainer_state is not None:
-        _write_torch(tmp / TRAINER_STATE_FILE, trainer_state)
-    _fsync_dir(tmp)
+    try:
+        _write_bytes(tmp / CONFIG_FILE, config_text.encode())
+        _write_bytes(tmp / MODEL_FILE, safetensors_save(_plain_tensors(model_state)))
+        if ema_state is not None:
+            _write_bytes(tmp / EMA_FILE, safetensors_save(_plain_tensors(ema_state)))
+        if trainer_state is not None:
+            buffer = io.BytesIO()
+            torch.save(trainer_state, buffer)
+            _write_bytes(tmp / TRAINER_STATE_FILE, buffer.getvalue())
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: the previous checkpoint is untouched
+        raise
     _swap_in(tmp, path)
     return path
 
@@ -142,53 +158,94 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     found = resolve_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"no checkpoint at {path} (expected a directory with {CONFIG_FILE} and {MODEL_FILE})")
-    return json.loads((found / CONFIG_FILE).read_text())
+    return _parse_config((found / CONFIG_FILE).read_bytes(), found / CONFIG_FILE)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    trainer_state: bool = True) -> Checkpoint:
     """Read a checkpoint directory written by :func:`save_checkpoint`.
 
-    Falls back to ``<path>.old`` when a save was killed between its renames.
-    Tensors are loaded onto ``device`` (CPU by default).
+    Falls back to ``<path>.old`` when a save was killed between its renames. Tensors are loaded
+    onto ``device`` (CPU by default). ``trainer_state=False`` skips ``trainer_state.pt``: only
+    resuming needs it, so loaders for sampling and evaluation pass False and work on a checkpoint
+    whose trainer state is missing or damaged.
 
     Raises:
         FileNotFoundError: neither ``path`` nor ``path.old`` holds a checkpoint.
+        ValueError: a file of the checkpoint is damaged (named in the message).
     """
-    path = Path(path)
-    found = resolve_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(
-            f"no checkpoint at {path} (expected a directory with {CONFIG_FILE} and {MODEL_FILE})"
-        )
-    config = json.loads((found / CONFIG_FILE).read_text())
-    model_state = load_file(found / MODEL_FILE, device=str(device))
-    ema_file = found / EMA_FILE
-    ema_state = load_file(ema_file, device=str(device)) if ema_file.is_file() else None
-    state_file = found / TRAINER_STATE_FILE
-    trainer_state = None
-    if state_file.is_file():
-        trainer_state = torch.load(state_file, map_location=device, weights_only=True)
-    return Checkpoint(config, model_state, ema_state, trainer_state, found)
+    for _ in range(3):  # a save may delete the directory we opened; then read the new one
+        found = resolve_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(
+                f"no checkpoint at {path} (expected a directory with {CONFIG_FILE} and {MODEL_FILE})")
+        try:
+            return _read_directory(found, torch.device(device), trainer_state)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"{path} kept changing while it was read (another process is saving it); try again")
+
+
+def _read_directory(found: Path, device: torch.device, with_trainer_state: bool) -> Checkpoint:
+    """Every file of one checkpoint directory, read relative to one open handle of it."""
+    dir_fd = os.open(found, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        config = _parse_config(_read_bytes(dir_fd, CONFIG_FILE), found / CONFIG_FILE)
+        model_state = _parse_safetensors(_read_bytes(dir_fd, MODEL_FILE), found / MODEL_FILE, device)
+        ema_bytes = _read_bytes(dir_fd, EMA_FILE, optional=True)
+        ema_state = None if ema_bytes is None else _parse_safetensors(ema_bytes, found / EMA_FILE, device)
+        state = _read_bytes(dir_fd, TRAINER_STATE_FILE, optional=True) if with_trainer_state else None
+        trainer = None if state is None else _parse_trainer_state(state, found / TRAINER_STATE_FILE, device)
+    finally:
+        os.close(dir_fd)
+    return Checkpoint(config, model_state, ema_state, trainer, found)
+
+
+def _read_bytes(dir_fd: int, name: str, optional: bool = False) -> bytes | None:
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if optional:
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _parse_config(data: bytes, file: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); the checkpoint is damaged") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} holds a {type(config).__name__}, not a config object; the checkpoint is damaged")
+    return config
+
+
+def _parse_safetensors(data: bytes, file: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    try:
+        state = safetensors_load(data)
+    except SafetensorError as err:
+        raise ValueError(f"{file} is not a complete safetensors file ({err}); the checkpoint is damaged") from None
+    return {k: v.to(device) for k, v in state.items()}
+
+
+def _parse_trainer_state(data: bytes, file: Path, device: torch.device) -> dict[str, Any]:
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a damaged archive
+        raise ValueError(f"{file} is damaged or not a latentdiff trainer state ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}); the weights can still be sampled, but the run "
+                         "cannot be resumed: start a new run from them with --init-from") from None
 
 
 # ----------------------------------------------------------------------------- writers
 
 
-def _write_text(file: Path, text: str) -> None:
-    with open(file, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_safetensors(file: Path, state: dict[str, torch.Tensor]) -> None:
-    save_file(_plain_tensors(state), str(file))
-    _fsync_file(file)
-
-
-def _write_torch(file: Path, obj: Any) -> None:
+def _write_bytes(file: Path, data: bytes) -> None:
+    """Write and fsync ``data``; plain file I/O, so a full disk is an OSError with errno ENOSPC."""
     with open(file, "wb") as f:
-        torch.save(obj, f)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -225,14 +282,6 @@ def _check_plain(obj: Any, where: str) -> None:
             _check_plain(value, f"{where}[{i}]")
         return
     raise TypeError(f"{where} is a {type(obj).__name__}; trainer state may hold only tensors, numbers, strings, lists and dicts")
-
-
-def _fsync_file(file: Path) -> None:
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

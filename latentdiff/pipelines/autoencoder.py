@@ -17,7 +17,7 @@ from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset
 from latentdiff.io.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_checkpoint, resolve_checkpoint,
                                       save_checkpoint)
 from latentdiff.presets import AutoencoderRunConfig, RunConfig, is_autoencoder_config
-from latentdiff.training.trainer import Trainer
+from latentdiff.training.trainer import Trainer, seeded_run
 
 PREFIX = "autoencoder."  # the autoencoder's weights inside the AutoencoderTraining state dict
 
@@ -61,6 +61,7 @@ def autoencoder_trainer(cfg: AutoencoderRunConfig, out_dir: str | Path, cpu: boo
                    cpu=cpu)
 
 
+@seeded_run
 def train_autoencoder_run(cfg: AutoencoderRunConfig, out_dir: str | Path, cpu: bool | None = None,
                           n_scale: int = 5000) -> dict:
     """Train into the run folder ``out_dir`` (resumes), then measure the latent scale factor on
@@ -90,7 +91,7 @@ def load_autoencoder(ckpt: str | Path, use_ema: bool = True,
     if not path.exists() and not path.with_name(path.name + ".old").exists():
         raise FileNotFoundError(f"autoencoder checkpoint {path} does not exist "
                                 "(train one with `latentdiff train --preset fmnist-vae --out RUN`; it is RUN/checkpoint)")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, trainer_state=False)
     if not is_autoencoder_config(state.config):
         raise ValueError(f"{path} is not an autoencoder checkpoint (its config has no task='autoencoder')")
     cfg = AutoencoderRunConfig.from_dict(state.config)

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from latentdiff.accel import training_memory_format
 from latentdiff.data import DataConfig, build_dataset, shapes
 from latentdiff.data.control import ControlConfig, ControlDataset, cached_control_maps
 from latentdiff.io.checkpoint import load_checkpoint, read_config
+from latentdiff.io.images import open_image
 from latentdiff.nn.controlnet import ControlledUNet, ControlNet, ControlNetConfig, resize_control
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.pipelines.diffusion import generate, load_denoiser, make_denoiser, samples_in_bf16, text_conditioned
 from latentdiff.presets import ControlNetRunConfig, is_controlnet_config
-from latentdiff.training.trainer import Trainer
+from latentdiff.training.trainer import Trainer, seeded_run
 
 
 def dataset_controls(data: DataConfig, control: ControlConfig, split: str):
@@ -43,6 +43,7 @@ def grid_controls(data: DataConfig, control: ControlConfig, k: int) -> tuple[tor
     return maps[:k].float(), captions, batch["x"]
 
 
+@seeded_run
 def train_controlnet_run(cfg: ControlNetRunConfig, out_dir: str | Path, cpu: bool | None = None) -> dict:
     """Train a ControlNet over the frozen base ``cfg.base`` into the run folder ``out_dir`` (resumes)."""
     device = torch.device("cpu" if cpu or (cpu is None and not torch.cuda.is_available()) else "cuda")
@@ -86,7 +87,7 @@ def train_controlnet_run(cfg: ControlNetRunConfig, out_dir: str | Path, cpu: boo
 def load_controlnet(ckpt: str | Path, use_ema: bool = True,
                     device: str | torch.device = "cpu") -> tuple[ControlNet, ControlNetRunConfig]:
     """A ControlNet checkpoint directory -> (ControlNet in eval mode, its run config)."""
-    state = load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt, trainer_state=False)
     if not is_controlnet_config(state.config):
         raise ValueError(f"{ckpt} is not a ControlNet checkpoint (its config has no task='controlnet')")
     cfg = ControlNetRunConfig.from_dict(state.config)
@@ -114,11 +115,9 @@ def load_controlled(base_ckpt: str | Path | None, controlnet_ckpts: list[str | P
 
 
 def read_control_image(path: str | Path) -> torch.Tensor:
-    """An image file -> (1, C, H, W) float in [0, 1] with the file's own channel count (1 to 4)."""
-    with Image.open(path) as img:
-        if img.mode not in ("L", "LA", "RGB", "RGBA"):
-            img = img.convert("RGBA" if "A" in img.mode else "RGB")
-        pixels = np.asarray(img, dtype=np.float32) / 255.0
+    """An image file -> (1, C, H, W) float in [0, 1] with the file's own channel count (1 to 4); a file that
+    is not a readable image raises ValueError naming it (``io.images.open_image``)."""
+    pixels = np.asarray(open_image(path), dtype=np.float32) / 255.0  # L, LA, RGB or RGBA; 16-bit scaled
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]
 

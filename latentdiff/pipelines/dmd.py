@@ -21,7 +21,7 @@ from latentdiff.pipelines.diffusion import (build_backbone, generate, grid_condi
                                             samples_in_bf16)
 from latentdiff.precond import Denoiser
 from latentdiff.presets import DMDRunConfig, PairsConfig, RunConfig, is_dmd_config
-from latentdiff.training.trainer import Trainer
+from latentdiff.training.trainer import Trainer, seeded_run
 
 
 def check_teacher(cfg: DMDRunConfig, teacher: RunConfig) -> None:
@@ -103,6 +103,7 @@ def student_denoiser(module: DistributionMatching, teacher_cfg: RunConfig) -> De
     return make_denoiser(module.generator.net, teacher_cfg)
 
 
+@seeded_run
 def train_dmd_run(cfg: DMDRunConfig, out_dir: str | Path, cpu: bool | None = None) -> dict:
     """Distil ``cfg.teacher`` into ``out_dir`` (resumes). A non-finite loss stops the run with its last
     good checkpoint kept, naming the loss (dm, regression, fake, gan_g, gan_d)."""
@@ -155,7 +156,7 @@ def load_student(ckpt: str | Path, use_ema: bool = True, device: str | torch.dev
     """A DMD checkpoint -> (the student as a Denoiser, autoencoder, the teacher's RunConfig with the
     student's sampling defaults (sampler ``consistency``, trailing, its step count, no guidance),
     DMDRunConfig). The student's k steps are ``generate(..., sampler="consistency", steps=k)``."""
-    state = load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt, trainer_state=False)
     if not is_dmd_config(state.config):
         raise ValueError(f"{ckpt} is not a DMD checkpoint (its config has no task='dmd')")
     cfg = DMDRunConfig.from_dict(state.config)

@@ -8,6 +8,7 @@ elapsed time: only tensors, numbers, strings, lists and dicts, so it loads with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,3 +36,28 @@ def restore_rng_states(acc: Accelerator, generator: torch.Generator, state: dict
     torch.set_rng_state(state["cpu_rng"][rank])
     if "cuda_rng" in state and acc.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"][rank], acc.device)
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A deep copy of nested dicts/lists/tuples with every tensor cloned to CPU (a state to write later)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+@dataclass
+class Snapshot:
+    """Everything a checkpoint of ``step`` holds, copied to CPU memory, waiting for its check.
+
+    A snapshot is written only once the weights it holds are known to be good: once the next
+    training step has computed a finite loss and gradient from them (or, at the end of a run, a
+    probe forward pass has). So a diverging update is never saved as the last good checkpoint."""
+
+    step: int
+    model_state: dict[str, torch.Tensor]
+    ema_state: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any]

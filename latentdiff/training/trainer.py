@@ -21,11 +21,17 @@ every rank's loss generator and torch RNG states and the elapsed time. Data
 order is a function of (seed, epoch) only, so a resumed run sees the same
 batches with the same noise and, on CPU, ends bitwise equal to an
 uninterrupted one. Runs stop only at optimizer-step boundaries.
+
+Reliability (issue 17): the run folder is locked for one writer (``run_lock``); a fresh run is
+seeded before anything random happens; every step checks its loss, gradient norm and updated
+parameters for inf/NaN, and a checkpoint is written only after the weights it holds have given
+a finite loss and gradient (``state.Snapshot``), so the last checkpoint is a good one; resuming
+may change only the fields of ``resume.RESUMABLE``, which are applied to the restored optimizer.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import math
 import signal
@@ -36,52 +42,47 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentdiff.config import Config
 from latentdiff.io.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from latentdiff.io.images import save_grid
+from latentdiff.training import lock as locking
 from latentdiff.training.batches import BatchStream
+from latentdiff.training.divergence import DivergenceError, nonfinite_parameters, nonfinite_state, total_grad_norm
 from latentdiff.training.ema import EMA
 from latentdiff.training.optim import build_optimizer, warmup_schedule
 from latentdiff.training.plots import plot_loss
-from latentdiff.training.state import gather_rng_states, restore_rng_states
+from latentdiff.training.resume import apply_train_settings, check_resume
+from latentdiff.training.state import Snapshot, cpu_copy, gather_rng_states, restore_rng_states
+from latentdiff.training.train_config import TrainConfig, resolve_mixed_precision
 
 LossFn = Callable[[nn.Module, dict, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
 SampleFn = Callable[[nn.Module, int], torch.Tensor]
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig(Config):
-    """Training-loop settings. ``batch_size`` is per process; steps count optimizer steps."""
+def seeded_run(run_fn: Callable) -> Callable:
+    """Decorator for ``run_fn(cfg, out_dir, ...)``, a whole training run (build, train, post-process):
+    it holds the run folder's lock throughout, and seeds torch, numpy and random with
+    ``cfg.train.seed`` first, the one seeding point before anything random (the network's
+    initialisation, sub-sampling) happens, so two fresh runs of one command are bitwise equal on CPU."""
 
-    batch_size: int = 64
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 10000
-    max_minutes: float | None = None  # training-time budget, summed across resumes
-    ema_decay: float = 0.999
-    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else no), "no", "bf16", "fp16"
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    log_every: int = 25
-    seed: int = 0
-    num_workers: int = 0
+    @functools.wraps(run_fn)
+    def run(cfg, out_dir, *args, **kwargs):
+        with locking.run_lock(out_dir):
+            set_seed(cfg.train.seed)
+            return run_fn(cfg, out_dir, *args, **kwargs)
+
+    return run
 
 
-def resolve_mixed_precision(value: str, use_cuda: bool) -> str:
-    """``"auto"`` -> ``"bf16"`` on CUDA, ``"no"`` otherwise; validates the others."""
-    if value == "auto":
-        return "bf16" if use_cuda else "no"
-    if value not in ("no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16; got {value!r}")
-    return value
+class TrainingStopped(KeyboardInterrupt):
+    """SIGINT / SIGTERM stopped the run after saving; ``exit_code`` 130 or 143, as a shell reports them."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Trainer:
@@ -94,7 +95,8 @@ class Trainer:
         dataset: returns dicts of tensors (and maybe lists of str); an
             in-memory dataset may offer ``get_batch(index: LongTensor (B,)) -> dict``.
         cfg: the loop settings.
-        out_dir: the run folder; if it holds ``checkpoint/``, training resumes.
+        out_dir: the run folder; if it holds ``checkpoint/``, training resumes (see
+            ``latentdiff.training.resume`` for what may change); it is locked while the trainer lives.
         run_config: the full, JSON-able run config saved with checkpoints.
         sample_fn: optional ``sample_fn(ema_model, step) -> (N, C, H, W)`` in
             ``[-1, 1]``; called on the main process every ``sample_every``
@@ -104,46 +106,48 @@ class Trainer:
             steps), so DDP must look for them (``find_unused_parameters``).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: LossFn,
-        dataset: Any,
-        cfg: TrainConfig,
-        out_dir: str | Path,
-        run_config: dict,
-        sample_fn: SampleFn | None = None,
-        cpu: bool | None = None,
-        unused_parameters: bool = False,
-    ) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, dataset: Any, cfg: TrainConfig, out_dir: str | Path,
+                 run_config: dict, sample_fn: SampleFn | None = None, cpu: bool | None = None,
+                 unused_parameters: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        locking.acquire(self.out_dir)  # first: nothing below may race another writer
+        try:
+            self._setup(model, loss_fn, dataset, cfg, run_config, sample_fn, cpu, unused_parameters)
+        except BaseException:
+            locking.release(self.out_dir)
+            raise
+
+    def _setup(self, model, loss_fn, dataset, cfg, run_config, sample_fn, cpu, unused_parameters) -> None:
         if cpu is None:
             cpu = not torch.cuda.is_available()
         self.cfg, self.loss_fn, self.sample_fn = cfg, loss_fn, sample_fn
-        self.out_dir, self.run_config = Path(out_dir), run_config
+        self.run_config = json.loads(json.dumps(run_config))
         self.ckpt_dir = self.out_dir / "checkpoint"
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.accelerator = Accelerator(
+        self.accelerator = acc = Accelerator(
             cpu=cpu,
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision, not cpu and torch.cuda.is_available()),
             gradient_accumulation_steps=cfg.grad_accum,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)],
         )
-        acc = self.accelerator
         self.rank, self.world_size = acc.process_index, acc.num_processes
-        self.step, self.elapsed_before_s = 0, 0.0
-        self._saved_step = self._sampled_step = -1
+        self.step, self.elapsed_before_s, self.skipped = 0, 0.0, 0
+        self._snapshot_step = self._sampled_step = -1
+        self._pending: Snapshot | None = None  # a checkpoint waiting for its weights' check
+        self._written_step: int | None = None  # the step of the checkpoint on disk
         self.last_loss: float | None = None  # mean loss of the latest metrics window
         self._t_start = time.time()
         self.generator = torch.Generator().manual_seed(cfg.seed * 65537 + self.rank)
-        self.data = BatchStream(
-            dataset, cfg.batch_size, cfg.seed, self.rank, self.world_size, cfg.num_workers, acc.device
-        )
+        self.data = BatchStream(dataset, cfg.batch_size, cfg.seed, self.rank, self.world_size, cfg.num_workers,
+                                acc.device)
 
         # Load weights into the plain module before wrapping it, and copy the EMA
         # from it before accelerate patches its forward for mixed precision.
-        state = load_checkpoint(self.ckpt_dir) if checkpoint_exists(self.ckpt_dir) else None
+        state = self._resume_state()
         if state is not None:
             model.load_state_dict(state.model_state)
+        elif cfg.init_from:
+            load_init_weights(model, cfg.init_from)
         self.ema = EMA(model, cfg.ema_decay)
         if state is not None and state.ema_state is not None:
             self.ema.load_state_dict(state.ema_state)
@@ -157,24 +161,49 @@ class Trainer:
             # copied before that from this rank's own initialisation, starts from them too.
             self.ema.load_state_dict(acc.unwrap_model(self.model).state_dict())
         self.ema.to(acc.device)
-        if state is not None and state.trainer_state is not None:
+        if state is not None:
             self._load_trainer_state(state.trainer_state)
         else:
             set_seed(cfg.seed, device_specific=True)  # dropout etc. in a fresh run
-        if state is not None and state.config != json.loads(json.dumps(run_config)):
-            acc.print(f"note: run config differs from the checkpoint's in {self.ckpt_dir}; using the new one")
         self._stop_signal: int | None = None
+
+    def _resume_state(self):
+        """The checkpoint to resume from (None for a fresh run), after checking the command may resume it."""
+        if not checkpoint_exists(self.ckpt_dir):
+            old_config = self.out_dir / "config.json"
+            if old_config.is_file():  # a run that never checkpointed, or another run's leftovers
+                check_resume(json.loads(old_config.read_text()), self.run_config,
+                             f"{self.out_dir} (it holds the config.json of a run with no checkpoint)")
+            return None
+        state = load_checkpoint(self.ckpt_dir, trainer_state=True)
+        if state.trainer_state is None:
+            raise ValueError(f"{state.path} has no trainer state (trainer_state.pt), so it cannot be resumed "
+                             "exactly; to start a new run from its weights on purpose: latentdiff train ... "
+                             f"--out NEW_DIR --init-from {state.path}")
+        changes = check_resume(state.config, self.run_config, str(state.path))
+        if changes:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            self.accelerator.print(f"resuming {state.path} at step {state.trainer_state['step']} with {listed}")
+        self._written_step = int(state.trainer_state["step"])
+        return state
 
     # ------------------------------------------------------------------ main loop
 
     def train(self) -> dict[str, Any]:
-        """Run until ``max_steps`` or ``max_minutes``; returns
-        ``{"steps", "minutes", "final_loss"}``.
+        """Run until ``max_steps`` or ``max_minutes``; returns ``{"steps", "minutes", "final_loss",
+        "skipped_steps"}`` and releases the run folder's lock.
 
-        On SIGINT/SIGTERM: finish the current step, save a checkpoint, then
-        raise ``KeyboardInterrupt`` / exit with status 143. On a non-finite
-        loss: raise ``FloatingPointError`` at once, without saving.
+        On SIGINT/SIGTERM: finish the current step, save a checkpoint, then raise
+        :class:`TrainingStopped` (exit code 130 / 143). On a non-finite loss, gradient or parameter:
+        raise :class:`DivergenceError` at once, keeping the last good checkpoint (or, with
+        ``on_nonfinite="skip"``, drop that update and go on).
         """
+        try:
+            return self._train()
+        finally:
+            locking.release(self.out_dir)
+
+    def _train(self) -> dict[str, Any]:
         acc, cfg = self.accelerator, self.cfg
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,17 +233,18 @@ class Trainer:
         finally:
             bar.close()
             self._restore_signal_handlers(handlers)
-        if self._stop_signal == signal.SIGTERM:
-            raise SystemExit(143)
         if self._stop_signal is not None:
-            raise KeyboardInterrupt
-        return {"steps": self.step, "minutes": self.elapsed_s() / 60, "final_loss": self.last_loss}
+            name, code = ("SIGTERM", 143) if self._stop_signal == signal.SIGTERM else ("SIGINT", 130)
+            raise TrainingStopped(f"stopped by {name} at step {self.step}; checkpoint saved in {self.ckpt_dir}; "
+                                  "run the same command again to resume", code)
+        return {"steps": self.step, "minutes": self.elapsed_s() / 60, "final_loss": self.last_loss,
+                "skipped_steps": self.skipped}
 
     def _train_step(self) -> tuple[float, dict[str, float], bool]:
         """One optimizer step over ``grad_accum`` micro-batches.
 
-        Returns the mean loss, the mean logs and whether all processes must
-        stop now (signal or time budget)."""
+        Returns the mean loss (NaN for a skipped step), the mean logs and whether all processes
+        must stop now (signal or time budget)."""
         acc, cfg = self.accelerator, self.cfg
         loss_sum, logs_sum, bad = 0.0, {}, set()
         for _ in range(cfg.grad_accum):
@@ -231,21 +261,46 @@ class Trainer:
         assert acc.sync_gradients, "micro-batch count and accelerate's accumulation counter disagree"
         time_up = cfg.max_minutes is not None and self.elapsed_s() >= cfg.max_minutes * 60
         any_bad, stop = self._agree(bool(bad), time_up or self._stop_signal is not None)
-        if any_bad:
-            where = sorted(bad) if bad else "on another process"
-            raise FloatingPointError(
-                f"non-finite loss at step {self.step + 1}: {where}; last good checkpoint kept in {self.ckpt_dir}"
-            )
         logs = {k: v / cfg.grad_accum for k, v in logs_sum.items()}
-        if cfg.grad_clip > 0:
-            logs["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        if not any_bad:
+            params = list(self.model.parameters())
+            logs["grad_norm"] = (float(acc.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0
+                                 else total_grad_norm(params))
+            # fp16's loss scaler expects inf gradients now and then and skips those steps itself.
+            if not math.isfinite(logs["grad_norm"]) and acc.scaler is None:
+                bad = {"gradient norm"}
+        if any_bad or bad:
+            return self._nonfinite_step(sorted(bad) or ["loss on another process"], stop)
+        self._commit_pending()  # its weights have just given a finite loss and gradient
         self.optimizer.step()
         if not acc.optimizer_step_was_skipped:  # fp16 skips steps with inf gradients
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(acc.unwrap_model(self.model), self.step)  # 0-based index of this step
         self.step += 1
+        broken = nonfinite_parameters(acc.unwrap_model(self.model))
+        if broken:
+            raise self._diverged(self.step, f"parameters after the update ({', '.join(broken)})")
         return loss_sum / cfg.grad_accum, logs, stop
+
+    def _nonfinite_step(self, quantities: list[str], stop: bool) -> tuple[float, dict[str, float], bool]:
+        """``on_nonfinite``: stop with one line, or drop this update and count it."""
+        if self.cfg.on_nonfinite != "skip":
+            raise self._diverged(self.step + 1, ", ".join(quantities))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self.step += 1
+        self.accelerator.print(f"step {self.step}: non-finite {', '.join(quantities)}; update skipped "
+                               f"({self.skipped} so far)")
+        return float("nan"), {}, stop
+
+    def _diverged(self, step: int, quantity: str) -> DivergenceError:
+        dropped = f" (the checkpoint of step {self._pending.step} was not written)" if self._pending else ""
+        kept = (f"kept the checkpoint of step {self._written_step} in {self.ckpt_dir}" if self._written_step is not None
+                else "no checkpoint had been written")
+        hint = "lower train.lr" + (", or --set train.on_nonfinite=skip to drop such updates"
+                                   if self.cfg.on_nonfinite == "stop" else "")
+        return DivergenceError(f"training diverged at step {step}: non-finite {quantity}; {kept}{dropped}; {hint}")
 
     def _agree(self, bad: bool, stop: bool) -> tuple[bool, bool]:
         """All processes learn whether any saw a non-finite loss or must stop,
@@ -257,13 +312,34 @@ class Trainer:
         return bool(flags[0] > 0), bool(flags[1] > 0)
 
     def _finish(self, window: "_Window") -> None:
-        """Final metrics line, checkpoint and samples (each unless already done at this step)."""
+        """Final metrics line, checkpoint (its weights checked by a probe forward pass) and samples."""
         if window.count:
             self._log(window)
-        if self._saved_step != self.step:
+        if self._snapshot_step != self.step:
             self.save()
+        if self._pending is not None:
+            if not self._probe_is_finite():
+                raise self._diverged(self.step + 1, "loss of the final weights (probe forward pass)")
+            self._commit_pending()
         if self._sampled_step != self.step:
             self._sample()
+
+    @torch.no_grad()
+    def _probe_is_finite(self) -> bool:
+        """Whether the next batch's loss at the current weights is finite (eval mode, no update); the
+        data position and every random state are restored afterwards."""
+        acc, position = self.accelerator, self.data.position
+        generator = torch.Generator().manual_seed(0)
+        generator.set_state(self.generator.get_state())
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self.model.eval()
+            try:
+                loss, _ = self.loss_fn(self.model, self.data.next(), generator)
+            finally:
+                self.model.train()
+                self.data.seek(*position)
+        return not self._agree(not math.isfinite(float(loss)), False)[0]
 
     def _budget_postfix(self) -> dict[str, str]:
         """With a time budget the step total says little: show minutes used / budget."""
@@ -279,7 +355,7 @@ class Trainer:
 
     def _log(self, window: "_Window") -> None:
         acc = self.accelerator
-        loss = window.loss_sum / window.count
+        loss = window.loss_sum / window.count if window.count else float("nan")
         if self.world_size > 1:
             loss = acc.reduce(torch.tensor(loss, device=acc.device), reduction="mean").item()
         self.last_loss = loss
@@ -288,10 +364,12 @@ class Trainer:
             "step": self.step,
             "loss": loss,
             "lr": self.scheduler.get_last_lr()[0],
-            "steps_per_s": window.count / max(now - window.t0, 1e-9),
+            "steps_per_s": (window.count + window.skipped) / max(now - window.t0, 1e-9),
             "minutes": self.elapsed_s() / 60,
-            **{k: v / window.count for k, v in window.logs_sum.items()},
+            **{k: v / max(window.count, 1) for k, v in window.logs_sum.items()},
         }
+        if self.skipped:
+            record["skipped_steps"] = self.skipped
         if acc.is_main_process:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -330,10 +408,16 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self) -> None:
-        """Save ``out_dir/checkpoint`` (all processes must call this together)."""
+        """Snapshot a checkpoint of this step (all processes must call this together). It is written
+        to ``out_dir/checkpoint`` once its weights have given a finite loss and gradient: at the next
+        step, or at the end of the run after a probe forward pass."""
         acc = self.accelerator
         per_rank = gather_rng_states(acc, self.generator)
-        acc.wait_for_everyone()
+        self._pending = None
+        ema_state = self.ema.state_dict()  # equal on every rank, so all of them stop together
+        broken = nonfinite_state(ema_state)
+        if broken:
+            raise self._diverged(self.step, f"EMA weights ({', '.join(broken)})")
         if acc.is_main_process:
             epoch, index = self.data.position
             trainer_state = {
@@ -343,6 +427,7 @@ class Trainer:
                 "world_size": self.world_size,
                 "elapsed_s": self.elapsed_s(),
                 "max_steps": self.cfg.max_steps,
+                "skipped_steps": self.skipped,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 **per_rank,
@@ -350,18 +435,32 @@ class Trainer:
             if acc.scaler is not None:
                 trainer_state["grad_scaler"] = acc.scaler.state_dict()
             model_state = acc.unwrap_model(self.model).state_dict()
-            save_checkpoint(self.ckpt_dir, self.run_config, model_state, self.ema.state_dict(), trainer_state)
+            self._pending = Snapshot(self.step, cpu_copy(model_state), cpu_copy(ema_state), cpu_copy(trainer_state))
+        else:
+            self._pending = Snapshot(self.step, {}, {}, {})  # the main process writes; others keep pace
+        self._snapshot_step = self.step
+
+    def _commit_pending(self) -> None:
+        """Write the pending snapshot as ``out_dir/checkpoint`` (atomically) and refresh loss.png."""
+        snap, self._pending = self._pending, None
+        if snap is None:
+            return
+        acc = self.accelerator
+        if acc.is_main_process:
+            save_checkpoint(self.ckpt_dir, self.run_config, snap.model_state, snap.ema_state, snap.trainer_state)
             if self.metrics_path.exists():
                 plot_loss(self.metrics_path, self.out_dir / "loss.png")
-        self._saved_step = self.step
+        self._written_step = snap.step
         acc.wait_for_everyone()
 
     def _load_trainer_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
-        self._saved_step = self.step
+        self._snapshot_step = self.step
         self.elapsed_before_s = float(state["elapsed_s"])
+        self.skipped = int(state.get("skipped_steps", 0))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        apply_train_settings(self.optimizer, self.scheduler, self.cfg)  # changed lr etc. (resume rule)
         if "grad_scaler" in state and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         if int(state["world_size"]) == self.world_size:
@@ -387,7 +486,8 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: abort without saving
+                raise TrainingStopped("second SIGINT: stopped without saving; the last checkpoint "
+                                      f"(step {self._written_step}) is kept", 130)
             self._stop_signal = signum
 
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -398,16 +498,30 @@ class Trainer:
             signal.signal(sig, previous)
 
 
+def load_init_weights(model: nn.Module, ckpt: str | Path) -> None:
+    """``train.init_from``: the weights of checkpoint ``ckpt`` (its EMA where it has one) into ``model``;
+    ValueError naming the keys when they do not fit."""
+    state = load_checkpoint(ckpt, trainer_state=False)
+    weights = state.ema_state if state.ema_state is not None else state.model_state
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"train.init_from={ckpt}: its weights do not fit this model: {err}") from None
+
+
 class _Window:
-    """Running sums of the losses and logs since the last metrics line."""
+    """Running sums of the losses and logs since the last metrics line (skipped steps counted apart)."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum, self.count, self.logs_sum, self.t0 = 0.0, 0, {}, time.time()
+        self.loss_sum, self.count, self.skipped, self.logs_sum, self.t0 = 0.0, 0, 0, {}, time.time()
 
     def add(self, loss: float, logs: dict[str, float]) -> None:
+        if not math.isfinite(loss):
+            self.skipped += 1
+            return
         self.loss_sum += loss
         self.count += 1
         for k, v in logs.items():
