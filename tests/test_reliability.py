@@ -274,3 +274,10 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
     assert "Traceback" not in err
     step = int(line.split("at step ")[1].split(";")[0])
     assert load_checkpoint(tmp_path / "checkpoint").trainer_state["step"] == step
+
+
+def test_a_train_that_fails_before_writing_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "new"
+    code, err = cli(train_args(out, "data.root=" + str(tmp_path / "no-such-data")), capsys)
+    assert code == 1 and "no-such-data" in error_line(err), err
+    assert not out.exists()

@@ -17,7 +17,8 @@ from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset
 from latentdiff.io.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_checkpoint, resolve_checkpoint,
                                       save_checkpoint)
 from latentdiff.presets import AutoencoderRunConfig, RunConfig, is_autoencoder_config
-from latentdiff.training.trainer import Trainer, seeded_run
+from latentdiff.training.start import seeded_run
+from latentdiff.training.trainer import Trainer
 
 PREFIX = "autoencoder."  # the autoencoder's weights inside the AutoencoderTraining state dict
 

@@ -19,7 +19,8 @@ from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.pipelines.diffusion import generate, load_denoiser, make_denoiser, samples_in_bf16, text_conditioned
 from latentdiff.presets import ControlNetRunConfig, is_controlnet_config
-from latentdiff.training.trainer import Trainer, seeded_run
+from latentdiff.training.start import seeded_run
+from latentdiff.training.trainer import Trainer
 
 
 def dataset_controls(data: DataConfig, control: ControlConfig, split: str):

@@ -21,7 +21,8 @@ from latentdiff.pipelines.diffusion import (build_backbone, generate, grid_condi
                                             samples_in_bf16)
 from latentdiff.precond import Denoiser
 from latentdiff.presets import DMDRunConfig, PairsConfig, RunConfig, is_dmd_config
-from latentdiff.training.trainer import Trainer, seeded_run
+from latentdiff.training.start import seeded_run
+from latentdiff.training.trainer import Trainer
 
 
 def check_teacher(cfg: DMDRunConfig, teacher: RunConfig) -> None:

@@ -8,7 +8,9 @@ from latentdiff.training.optim import LinearWarmup, build_optimizer, warmup_sche
 from latentdiff.training.plots import plot_loss, read_metrics
 from latentdiff.training.lock import RunLocked, run_lock
 from latentdiff.training.train_config import TrainConfig
-from latentdiff.training.trainer import Trainer, TrainingStopped, seeded_run
+from latentdiff.training.signals import TrainingStopped
+from latentdiff.training.start import seeded_run
+from latentdiff.training.trainer import Trainer
 
 __all__ = [
     "EMA",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 LOCK_FILE = "train.lock"
 
-_held: dict[Path, list] = {}  # resolved run folder -> [fd, hold count]
+_held: dict[Path, list] = {}  # resolved run folder -> [fd, hold count, whether acquire created the folder]
 
 
 class RunLocked(RuntimeError):
@@ -40,6 +40,7 @@ def acquire(run_dir: str | os.PathLike) -> None:
     if path in _held:
         _held[path][1] += 1
         return
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -51,17 +52,21 @@ def acquire(run_dir: str | os.PathLike) -> None:
                         "at a time; wait for it, stop it, or use another --out") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    _held[path] = [fd, 1]
+    _held[path] = [fd, 1, created]
 
 
 def release(run_dir: str | os.PathLike) -> None:
-    """Leave the lock once; the last holder in this process unlocks it."""
+    """Leave the lock once; the last holder in this process unlocks it. A folder that the lock
+    created and that holds nothing else (the run failed before writing) is removed again."""
     path = Path(run_dir).resolve()
     if path not in _held:
         return
     _held[path][1] -= 1
     if _held[path][1] == 0:
-        fd, _ = _held.pop(path)
+        fd, _, created = _held.pop(path)
+        if created and os.listdir(path) == [LOCK_FILE]:
+            os.unlink(path / LOCK_FILE)
+            os.rmdir(path)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

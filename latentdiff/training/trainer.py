@@ -31,11 +31,9 @@ may change only the fields of ``resume.RESUMABLE``, which are applied to the res
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -46,43 +44,23 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from latentdiff.io.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from latentdiff.io.checkpoint import save_checkpoint
 from latentdiff.io.images import save_grid
 from latentdiff.training import lock as locking
 from latentdiff.training.batches import BatchStream
 from latentdiff.training.divergence import DivergenceError, nonfinite_parameters, nonfinite_state, total_grad_norm
 from latentdiff.training.ema import EMA
+from latentdiff.training.metrics import Window, append_record, truncate_after
 from latentdiff.training.optim import build_optimizer, warmup_schedule
 from latentdiff.training.plots import plot_loss
-from latentdiff.training.resume import apply_train_settings, check_resume
+from latentdiff.training.resume import apply_train_settings
+from latentdiff.training.start import load_init_weights, resume_state
+from latentdiff.training.signals import TrainingStopped, install_stop_handlers, restore_handlers
 from latentdiff.training.state import Snapshot, cpu_copy, gather_rng_states, restore_rng_states
 from latentdiff.training.train_config import TrainConfig, resolve_mixed_precision
 
 LossFn = Callable[[nn.Module, dict, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
 SampleFn = Callable[[nn.Module, int], torch.Tensor]
-
-
-def seeded_run(run_fn: Callable) -> Callable:
-    """Decorator for ``run_fn(cfg, out_dir, ...)``, a whole training run (build, train, post-process):
-    it holds the run folder's lock throughout, and seeds torch, numpy and random with
-    ``cfg.train.seed`` first, the one seeding point before anything random (the network's
-    initialisation, sub-sampling) happens, so two fresh runs of one command are bitwise equal on CPU."""
-
-    @functools.wraps(run_fn)
-    def run(cfg, out_dir, *args, **kwargs):
-        with locking.run_lock(out_dir):
-            set_seed(cfg.train.seed)
-            return run_fn(cfg, out_dir, *args, **kwargs)
-
-    return run
-
-
-class TrainingStopped(KeyboardInterrupt):
-    """SIGINT / SIGTERM stopped the run after saving; ``exit_code`` 130 or 143, as a shell reports them."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Trainer:
@@ -134,7 +112,7 @@ class Trainer:
         self.step, self.elapsed_before_s, self.skipped = 0, 0.0, 0
         self._snapshot_step = self._sampled_step = -1
         self._pending: Snapshot | None = None  # a checkpoint waiting for its weights' check
-        self._written_step: int | None = None  # the step of the checkpoint on disk
+        self._written_step: int | None  # the step of the checkpoint on disk
         self.last_loss: float | None = None  # mean loss of the latest metrics window
         self._t_start = time.time()
         self.generator = torch.Generator().manual_seed(cfg.seed * 65537 + self.rank)
@@ -143,7 +121,8 @@ class Trainer:
 
         # Load weights into the plain module before wrapping it, and copy the EMA
         # from it before accelerate patches its forward for mixed precision.
-        state = self._resume_state()
+        state = resume_state(self.out_dir, self.ckpt_dir, self.run_config, acc.print)
+        self._written_step = None if state is None else int(state.trainer_state["step"])
         if state is not None:
             model.load_state_dict(state.model_state)
         elif cfg.init_from:
@@ -167,26 +146,6 @@ class Trainer:
             set_seed(cfg.seed, device_specific=True)  # dropout etc. in a fresh run
         self._stop_signal: int | None = None
 
-    def _resume_state(self):
-        """The checkpoint to resume from (None for a fresh run), after checking the command may resume it."""
-        if not checkpoint_exists(self.ckpt_dir):
-            old_config = self.out_dir / "config.json"
-            if old_config.is_file():  # a run that never checkpointed, or another run's leftovers
-                check_resume(json.loads(old_config.read_text()), self.run_config,
-                             f"{self.out_dir} (it holds the config.json of a run with no checkpoint)")
-            return None
-        state = load_checkpoint(self.ckpt_dir, trainer_state=True)
-        if state.trainer_state is None:
-            raise ValueError(f"{state.path} has no trainer state (trainer_state.pt), so it cannot be resumed "
-                             "exactly; to start a new run from its weights on purpose: latentdiff train ... "
-                             f"--out NEW_DIR --init-from {state.path}")
-        changes = check_resume(state.config, self.run_config, str(state.path))
-        if changes:
-            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
-            self.accelerator.print(f"resuming {state.path} at step {state.trainer_state['step']} with {listed}")
-        self._written_step = int(state.trainer_state["step"])
-        return state
-
     # ------------------------------------------------------------------ main loop
 
     def train(self) -> dict[str, Any]:
@@ -208,13 +167,13 @@ class Trainer:
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(self.run_config, indent=2, sort_keys=True))
-            self._truncate_metrics()
+            truncate_after(self.metrics_path, self.step)  # a resumed run redoes the later steps
         acc.wait_for_everyone()
         self.model.train()
         self._t_start = time.time()
-        window = _Window()
+        window = Window()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not acc.is_main_process, desc="train")
-        handlers = self._install_signal_handlers()
+        handlers = install_stop_handlers(self)
         try:
             # elapsed_before_s comes from the checkpoint, so all ranks agree here.
             stop = cfg.max_minutes is not None and self.elapsed_before_s >= cfg.max_minutes * 60
@@ -232,7 +191,7 @@ class Trainer:
             self._finish(window)
         finally:
             bar.close()
-            self._restore_signal_handlers(handlers)
+            restore_handlers(handlers)
         if self._stop_signal is not None:
             name, code = ("SIGTERM", 143) if self._stop_signal == signal.SIGTERM else ("SIGINT", 130)
             raise TrainingStopped(f"stopped by {name} at step {self.step}; checkpoint saved in {self.ckpt_dir}; "
@@ -311,7 +270,7 @@ class Trainer:
         flags = self.accelerator.reduce(flags, reduction="sum")
         return bool(flags[0] > 0), bool(flags[1] > 0)
 
-    def _finish(self, window: "_Window") -> None:
+    def _finish(self, window: Window) -> None:
         """Final metrics line, checkpoint (its weights checked by a probe forward pass) and samples."""
         if window.count:
             self._log(window)
@@ -353,40 +312,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging and samples
 
-    def _log(self, window: "_Window") -> None:
+    def _log(self, window: Window) -> None:
         acc = self.accelerator
-        loss = window.loss_sum / window.count if window.count else float("nan")
+        loss = window.mean_loss()
         if self.world_size > 1:
             loss = acc.reduce(torch.tensor(loss, device=acc.device), reduction="mean").item()
         self.last_loss = loss
-        now = time.time()
-        record = {
-            "step": self.step,
-            "loss": loss,
-            "lr": self.scheduler.get_last_lr()[0],
-            "steps_per_s": (window.count + window.skipped) / max(now - window.t0, 1e-9),
-            "minutes": self.elapsed_s() / 60,
-            **{k: v / max(window.count, 1) for k, v in window.logs_sum.items()},
-        }
+        record = window.record(self.step, loss, self.scheduler.get_last_lr()[0], self.elapsed_s() / 60)
         if self.skipped:
             record["skipped_steps"] = self.skipped
         if acc.is_main_process:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.metrics_path, record)
         window.reset()
-
-    def _truncate_metrics(self) -> None:
-        """Drop lines logged after the checkpoint we resume from (their steps will be redone)."""
-        if not self.metrics_path.exists():
-            return
-        keep = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     def _sample_path(self, step: int) -> Path:
         return self.out_dir / "samples" / f"step_{step:06d}.png"
@@ -476,53 +413,3 @@ class Trainer:
             self.data.seek(int(state["epoch"]) + 1, 0)
             self.generator.manual_seed(self.cfg.seed * 65537 + self.rank + 7919 * self.step)
             set_seed(self.cfg.seed + self.step, device_specific=True)
-
-    # ------------------------------------------------------------------ signals
-
-    def _install_signal_handlers(self) -> dict:
-        """SIGINT/SIGTERM set a flag checked at step boundaries; a second SIGINT aborts at once."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise TrainingStopped("second SIGINT: stopped without saving; the last checkpoint "
-                                      f"(step {self._written_step}) is kept", 130)
-            self._stop_signal = signum
-
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(handlers: dict) -> None:
-        for sig, previous in handlers.items():
-            signal.signal(sig, previous)
-
-
-def load_init_weights(model: nn.Module, ckpt: str | Path) -> None:
-    """``train.init_from``: the weights of checkpoint ``ckpt`` (its EMA where it has one) into ``model``;
-    ValueError naming the keys when they do not fit."""
-    state = load_checkpoint(ckpt, trainer_state=False)
-    weights = state.ema_state if state.ema_state is not None else state.model_state
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ValueError(f"train.init_from={ckpt}: its weights do not fit this model: {err}") from None
-
-
-class _Window:
-    """Running sums of the losses and logs since the last metrics line (skipped steps counted apart)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum, self.count, self.skipped, self.logs_sum, self.t0 = 0.0, 0, 0, {}, time.time()
-
-    def add(self, loss: float, logs: dict[str, float]) -> None:
-        if not math.isfinite(loss):
-            self.skipped += 1
-            return
-        self.loss_sum += loss
-        self.count += 1
-        for k, v in logs.items():
-            self.logs_sum[k] = self.logs_sum.get(k, 0.0) + v
