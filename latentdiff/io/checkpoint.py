@@ -244,10 +244,15 @@ def _parse_trainer_state(data: bytes, file: Path, device: torch.device) -> dict[
 
 def _write_bytes(file: Path, data: bytes) -> None:
     """Write and fsync ``data``; plain file I/O, so a full disk is an OSError with errno ENOSPC."""
-    with open(file, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(file, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.filename is None:  # write() and fsync() do not say which file
+            raise OSError(err.errno, err.strerror, str(file)) from None
+        raise
 
 
 def _plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
