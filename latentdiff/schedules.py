@@ -16,6 +16,7 @@ Sampling grids are descending sigma tensors ending in 0 (k-diffusion style).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -195,12 +196,24 @@ def balanced_sigmas(n: int, sigma_min: float, sigma_max: float, sigma_data: floa
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
+MAX_CONTINUOUS_STEPS = 10_000  # far past any solver's convergence (tests use up to 1024)
+
+
 def sigma_grid(schedule: DiscreteSchedule, n: int, spacing: str = "trailing", rho: float = 7.0) -> torch.Tensor:
     """Descending sigmas for an n-step sampler, ending in 0. Shape (n+1,), float64.
 
     ``leading``/``trailing``/``linspace`` pick table sigmas at integer timesteps; ``karras`` (rho),
     ``logsnr`` and ``balanced`` (sigma_data = 0.5) are continuous in [sigma_min, sigma_max].
+    Raises ValueError for an unknown spacing (listing the valid ones) or n not an integer in [1, T]
+    (table spacings) or [1, MAX_CONTINUOUS_STEPS] (the continuous ones: a typo's million steps is refused).
     """
+    if spacing not in SPACINGS and spacing != "fitted":
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}, or 'fitted' to a model")
+    limit = schedule.T if spacing in ("leading", "trailing", "linspace") else MAX_CONTINUOUS_STEPS
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= limit:
+        raise ValueError(f"number of sampling steps for the {spacing} spacing must be an integer in [1, {limit}], "
+                         f"got {n!r}")
+    n = int(n)
     if spacing == "karras":
         return karras_sigmas(n, schedule.sigma_min, schedule.sigma_max, rho)
     if spacing == "logsnr":
@@ -210,7 +223,5 @@ def sigma_grid(schedule: DiscreteSchedule, n: int, spacing: str = "trailing", rh
     if spacing == "fitted":
         raise ValueError("the 'fitted' grid depends on the model: fit it with latentdiff.sampling.fitted.fit_sigmas "
                          "(or generate(..., spacing='fitted'))")
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}, or 'fitted' to a model")
     ts = timesteps(schedule.T, n, spacing)
     return torch.cat([schedule.sigmas[ts], torch.zeros(1, dtype=torch.float64)])

@@ -122,7 +122,9 @@ def test_new_spacings_descend_from_sigma_max_to_sigma_min(spacing):
 
 def test_evaluate_counts_model_calls():
     gmm = make_gmm(3, 2, seed=0)
+    r = evaluate("heun", "karras", 39, gmm, n=50, seed=0, reference=False)
+    assert r["steps"] == 20 and r["nfe"] == 39  # every step keeps its correction: sigma ratios <= 3
     r = evaluate("heun", "karras", 9, gmm, n=50, seed=0, reference=False)
-    assert r["steps"] == 5 and r["nfe"] == 9
+    assert r["steps"] == 5 and r["nfe"] == 5  # every step of this grid is longer than 3x: all Euler
     r = evaluate("pc", "karras", 9, gmm, n=50, seed=0, reference=False)
     assert r["nfe"] <= 9 and r["nfe"] == r["steps"] + (r["steps"] - 1)

@@ -22,12 +22,12 @@ def check_grid(sigmas: torch.Tensor, min_steps: int, name: str) -> int:
     """Validate a descending sigma grid ending in 0 and return its number of steps ``len(sigmas) - 1``.
 
     Raises ValueError when the grid has fewer than ``min_steps`` steps (the order of a multistep
-    method needs that much history; we never fall back silently) or is not strictly descending
-    (a repeated sigma makes the step h = 0 and a multistep ratio h_prev / h infinite).
+    method needs that much history) or is not strictly descending (a repeated sigma makes the step
+    h = 0 and a multistep ratio h_prev / h infinite).
     """
     n = len(sigmas) - 1
     if n < min_steps:
-        raise ValueError(f"{name} needs at least {min_steps} steps (its order), got {n}")
+        raise ValueError(f"{name} needs at least {min_steps} steps, got {n}")
     if float(sigmas[-1]) != 0.0:
         raise ValueError(f"{name}: sigmas must end in 0, got {float(sigmas[-1])}")
     if not bool((sigmas[1:] < sigmas[:-1]).all()):
@@ -106,6 +106,9 @@ def sample_consistency(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=N
     return x
 
 
+HEUN_MAX_RATIO = 3.0  # largest sigma / sigma_next that keeps Heun's correction; see sample_heun
+
+
 @torch.no_grad()
 def sample_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None, callback=None,
                 S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"),
@@ -115,7 +118,15 @@ def sample_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, ge
     At each sigma_i in [S_tmin, S_tmax] the noise level is raised to t_hat = sigma_i (1 + gamma),
     gamma = min(S_churn / N, sqrt(2) - 1), by adding noise of std S_noise sqrt(t_hat^2 - sigma_i^2);
     then one Heun step to sigma_{i+1}. S_churn = 0 (default) is the deterministic EDM Algorithm 1.
-    x (B, ...) at sigmas[0] -> sample (B, ...). NFE = 2 steps - 1: the step to 0 is Euler (the x0 jump).
+
+    Long steps are Euler. The correction weighs the slope at sigma_{i+1}, where the PF-ODE's
+    fastest rate is 1/sigma_{i+1} (the noise direction), by the whole step; Heun's method is stable
+    on the real axis only for step x rate <= 2, i.e. (t_hat - sigma_{i+1}) / sigma_{i+1} <= 2. So a
+    step with t_hat / sigma_{i+1} > HEUN_MAX_RATIO = 3 is taken as the Euler step (EDM Algorithm 1's
+    line 5 alone, = DDIM) and costs one model call. Without this, coarse grids returned garbage
+    (ODE-RMSE up to 75x DDIM's at 3-10 steps on the exact-score mixture); at 15 steps on the
+    standard spacings at most 2 of the 14 steps are that long, at 30+ steps none on karras/logsnr.
+    x (B, ...) at sigmas[0] -> sample (B, ...). NFE = 2 steps - 1 - (Euler steps): the step to 0 is the x0 jump.
     """
     n = check_grid(sigmas, 2, "heun")
     for i in range(n):
@@ -129,7 +140,7 @@ def sample_heun(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, ge
             callback(i, sigmas[i], x, x0)
         d = (x - x0) / t_hat
         x_next = x + (sigma_next - t_hat) * d
-        if sigma_next > 0:  # trapezoidal correction with the slope at the Euler endpoint
+        if sigma_next > 0 and t_hat <= HEUN_MAX_RATIO * sigma_next:  # trapezoid with the endpoint slope
             d_next = (x_next - call_denoiser(denoise, x_next, sigma_next, cond)) / sigma_next
             x_next = x + (sigma_next - t_hat) * 0.5 * (d + d_next)
         x = x_next
