@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,11 @@ controlnet: setup
 bench-guidance: setup
 	$(BIN)/python benchmarks/guidance_sweep.py runs/shapes-t2i/checkpoint --n-fd 500 \
 		--json benchmarks/results/guidance_sweep.json --png docs/guidance_sweep.png
+
+likelihood: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/likelihood.py --minutes 10 --tol 1e-3 --ode-minutes 12 \
+		--extra fmnist-iddpm-fixed=fmnist-iddpm:diffusion.learned_variance=false \
+		--json benchmarks/results/likelihood.json
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -81,11 +81,51 @@ def vlb_term(schedule: DiscreteSchedule, parameterisation: str, x0: torch.Tensor
     """
     abar = _take(schedule.alpha_bar, t, x_t)
     x0_hat = x0_from_output(parameterisation, out_mean, x_t, abar)
+    return vlb_term_x0(schedule, x0, x_t, t, x0_hat, model_log_variance(schedule, (v + 1) / 2, t))
+
+
+def fixed_log_variance(schedule: DiscreteSchedule, t: torch.Tensor, like: torch.Tensor, kind: str = "small"):
+    """log sigma_t^2 of a fixed-variance reverse process (Ho et al. 2020, section 3.2), shaped like ``like``.
+
+    ``small``: beta~_t (the posterior's, clipped at t = 0 as above); ``large``: beta_t, with beta~_1 at
+    t = 0 as Ho et al.'s code does (the decoder's variance is never beta_1). t (B,) int64 index.
+    """
+    log_beta_tilde, log_beta = posterior_log_variance_table(schedule)
+    if kind == "small":
+        table = log_beta_tilde
+    elif kind == "large":
+        table = torch.cat([log_beta_tilde[:1], log_beta[1:]])
+    else:
+        raise ValueError(f"unknown fixed variance {kind!r}; valid: small, large")
+    return _take(table, t, like).expand_as(like)
+
+
+def gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """-log N(x0; mean, e^logvar), elementwise, in nats: the decoder of continuous data (latents)."""
+    return 0.5 * (math.log(2 * math.pi) + logvar + (x0 - mean) ** 2 * torch.exp(-logvar))
+
+
+def vlb_term_x0(schedule: DiscreteSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                x0_hat: torch.Tensor, logvar_theta: torch.Tensor, discretized: bool = True) -> torch.Tensor:
+    """L_t of the variational bound per sample from the model's x0 prediction, bits/dim, (B,).
+
+    Ho et al. 2020 eq. 5: t > 0: KL(q(x_{t-1}|x_t,x0) || N(mu~(x0_hat, x_t), e^logvar_theta));
+    t = 0: the decoder NLL -log p(x0|x1) with mean x0_hat (eq. 13 when ``discretized``, for 8-bit data
+    in [-1, 1]; else the continuous Gaussian density). x0, x_t, x0_hat, logvar_theta (B, ...), t (B,).
+    """
     mean_theta = posterior_mean(schedule, x0_hat, x_t, t)
-    logvar_theta = model_log_variance(schedule, (v + 1) / 2, t)
     mean_q = posterior_mean(schedule, x0, x_t, t)
     logvar_q = _take(posterior_log_variance_table(schedule)[0], t, x_t)
     dims = tuple(range(1, x0.ndim))
     kl = gaussian_kl(mean_q, logvar_q, mean_theta, logvar_theta).mean(dim=dims)
-    nll = discretized_gaussian_nll(x0, mean_theta, logvar_theta).mean(dim=dims)
+    decoder = discretized_gaussian_nll if discretized else gaussian_nll
+    nll = decoder(x0, mean_theta, logvar_theta).mean(dim=dims)
     return torch.where(t == 0, nll, kl) / math.log(2.0)
+
+
+def prior_kl(schedule: DiscreteSchedule, x0: torch.Tensor) -> torch.Tensor:
+    """L_T = KL(q(x_T|x0) || N(0, I)) per sample, bits/dim, (B,): the prior term of Ho et al. 2020 eq. 5."""
+    abar_T = schedule.alpha_bar[-1].to(x0.dtype)
+    mean, logvar = abar_T.sqrt() * x0, torch.log1p(-abar_T).expand_as(x0)
+    kl = gaussian_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0))
+    return kl.mean(dim=tuple(range(1, x0.ndim))) / math.log(2.0)
