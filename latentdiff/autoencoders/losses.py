@@ -45,7 +45,7 @@ class AutoencoderLossConfig(Config):
     kl_weight: float = 1e-6           # KL autoencoders only
     disc_weight: float = 0.0          # 0: no discriminator
     disc_start: int = 0               # training steps before the GAN terms switch on
-    disc_width: int = 32
+    disc_width: int = 32              # the discriminator's base width
 
 
 class EffNetPerceptual(nn.Module):

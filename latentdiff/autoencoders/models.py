@@ -34,18 +34,18 @@ from latentdiff.nn.autoencoder import Decoder, Encoder
 @dataclasses.dataclass(frozen=True)
 class AutoencoderConfig(Config):
     kind: str = "kl"                       # kl | vq
-    image_size: int = 32
-    in_channels: int = 1
-    channels: int = 64
+    image_size: int = 32                   # side of the input images
+    in_channels: int = 1                   # image channels (1 grey, 3 RGB)
+    channels: int = 64                     # base width
     channel_mult: tuple[int, ...] = (1, 2, 2)  # f = 2^(len - 1)
-    num_res_blocks: int = 1
+    num_res_blocks: int = 1                # ResBlocks per level
     attention: bool = False                # self-attention in the middle blocks
-    norm_groups: int = 32
-    latent_channels: int = 4
+    norm_groups: int = 32                  # GroupNorm groups
+    latent_channels: int = 4               # channels c of the latents (B, c, H/f, W/f)
     num_codes: int = 512                   # VQ codebook size
     beta: float = 0.25                     # VQ commitment weight
     scale_factor: float | None = None      # 1 / std of E(x) on data; None until measured
-    shift_factor: float = 0.0
+    shift_factor: float = 0.0              # subtracted from E(x) before scaling
 
 
 class DiagonalGaussian:

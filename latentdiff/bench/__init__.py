@@ -136,7 +136,8 @@ def add_arguments(p, *, configs: str, rounds: int, precision: str) -> None:
     p.add_argument("--config", default=configs, help="S, L or S,L (DESIGN.md section 6)")
     p.add_argument("--rounds", type=int, default=rounds, help="timed rounds per task, alternating the libraries")
     p.add_argument("--precision", default=precision, help="comma list of fp32, bf16 (autocast)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device both libraries run on")
     p.add_argument("--compile", action="store_true", help="torch.compile both U-Nets")
     p.add_argument("--compile-mode", help='torch.compile mode for both, e.g. "reduce-overhead" (CUDA graphs)')
     p.add_argument("--diffusers-channels-last", action="store_true", help="run diffusers in channels_last too")

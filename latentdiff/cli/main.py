@@ -1,4 +1,4 @@
-"""``latentdiff {train,sample,eval,demo,presets}``: parse -> config -> one library call."""
+"""``latentdiff {train,sample,eval,demo,presets,config,samplers,bench}``: parse -> config -> one library call."""
 
 from __future__ import annotations
 
@@ -21,13 +21,48 @@ def cmd_presets(args) -> None:
         print(f"{name:20s} {description}")
 
 
+def cmd_config(args) -> None:
+    """Every key of a preset (after ``--set``), dotted, with its value and what it means."""
+    from latentdiff.config import apply_overrides, describe_keys
+    from latentdiff.presets import get_preset
+
+    rows = [(key, json.dumps(value), text) for key, value, text in
+            describe_keys(apply_overrides(get_preset(args.preset), args.set or []))]
+    width = max(len(k) + len(v) for k, v, _ in rows) + 3
+    for key, value, text in rows:
+        print(f"{key} = {value}".ljust(width) + (f"  # {text}" if text else ""))
+
+
+def cmd_samplers(args) -> None:
+    """Each sampler and sigma spacing by name, one line each."""
+    from latentdiff.sampling import describe_samplers, describe_spacings
+
+    print("samplers (--sampler, sample.sampler):")
+    for name, text in describe_samplers():
+        print(f"  {name:14s} {text}")
+    print("spacings (--spacing, sample.spacing):")
+    for name, text in describe_spacings():
+        print(f"  {name:14s} {text}")
+
+
 def cmd_train(args) -> None:
     from latentdiff.config import apply_overrides
     from latentdiff.pipelines import train_autoencoder_run, train_controlnet_run, train_run
     from latentdiff.pipelines.dmd import train_dmd_run
-    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, get_preset
+    from latentdiff.data.resolve import data_overrides, resolve_data
+    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, RunConfig, get_preset
 
-    cfg = apply_overrides(get_preset(args.preset), args.set or [])
+    cfg = apply_overrides(get_preset(args.preset), data_overrides(args.data, args.set))
+    if isinstance(cfg, (RunConfig, AutoencoderRunConfig)):
+        cfg, lines = resolve_data(cfg, explicit=[item.split("=", 1)[0].strip() for item in args.set or []])
+        for line in lines:
+            print(line, file=sys.stderr)
+        if lines:  # the notes said it: ImageFolder's own warning about loose files would repeat it
+            import warnings
+
+            warnings.filterwarnings("ignore", message=r"ImageFolder\(.*\): skipped .* at the top level")
+    if args.init_from is not None:
+        cfg = cfg.replace(train=cfg.train.replace(init_from=args.init_from))
     if args.minutes is not None:
         cfg = cfg.replace(train=cfg.train.replace(max_minutes=args.minutes))
     train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
@@ -36,7 +71,17 @@ def cmd_train(args) -> None:
     print(json.dumps(summary))
 
 
+def sampling_options(args, s) -> dict:
+    """generate()'s sampler, steps, spacing, guidance, threshold and percentile: each flag given on the
+    command line (0 and "" included, so that they are checked, not replaced), else the run's default ``s``."""
+    names = ("sampler", "steps", "spacing", "guidance", "threshold", "percentile")
+    return {name: getattr(s, name) if getattr(args, name) is None else getattr(args, name) for name in names}
+
+
 def cmd_sample(args) -> None:
+    from latentdiff.cli.checks import check_sampling_args, prompt_rows
+
+    check_sampling_args(args)  # before anything is loaded
     import torch
 
     from latentdiff.data import grid_prompts
@@ -50,26 +95,22 @@ def cmd_sample(args) -> None:
     denoiser, autoencoder, cfg = load_model(args.ckpt, use_ema=not args.no_ema)
     s = cfg.sample
     labels = None
-    if cfg.model.num_classes:
-        if args.class_label is not None:
-            if not 0 <= args.class_label < cfg.model.num_classes:
-                sys.exit(f"--class-label must be in [0, {cfg.model.num_classes - 1}]")
-            labels = torch.full((args.n,), args.class_label)
-        else:
-            labels = torch.arange(args.n) % cfg.model.num_classes
+    if args.class_label is not None:
+        from latentdiff.data.resolve import class_index
+
+        labels = torch.full((args.n,), class_index(cfg, args.class_label))  # a name or an index
+    elif cfg.model.num_classes:
+        labels = torch.arange(args.n) % cfg.model.num_classes
     prompts, shown = None, None
     if cfg.text is not None:
-        shown = [args.prompt] if args.prompt is not None else grid_prompts(cfg.data)
-        prompts = [p for p in shown for _ in range(max(1, args.n // len(shown)))]
+        shown = [args.prompt] if args.prompt is not None else prompt_rows(grid_prompts(cfg.data), args.n)
+        prompts = [p for p in shown for _ in range(args.n // len(shown))]  # exactly n
     elif args.prompt is not None:
         sys.exit(f"{args.ckpt} is not a text-to-image model: --prompt needs one")
     strip = TrajectoryStrip(rows=min(len(prompts or range(args.n)), 8)) if args.trajectory else None
     images = generate(denoiser, len(prompts) if prompts else args.n, class_labels=labels, prompts=prompts,
                       negative_prompt=args.negative_prompt, text_encoder=text_encoder_for(cfg),
-                      sampler=args.sampler or s.sampler, steps=args.steps or s.steps,
-                      spacing=args.spacing or s.spacing, guidance=s.guidance if args.guidance is None else args.guidance,
-                      threshold=args.threshold or s.threshold, percentile=args.percentile or s.percentile,
-                      seed=args.seed, progress=True, callback=strip, autoencoder=autoencoder)
+                      **sampling_options(args, s), seed=args.seed, progress=True, callback=strip, autoencoder=autoencoder)
     if shown is not None and len(shown) > 1:
         save_prompt_rows(images, shown, args.out)
     else:
@@ -107,10 +148,7 @@ def sample_controlled(args, base: str | None, controlnets: list[str]) -> None:
     if args.prompt is not None and cfg.text is None:
         sys.exit(f"the base model {base or cn_cfgs[0].base} is not a text-to-image model: --prompt needs one")
     images = generate(denoiser, args.n, prompts=prompts, negative_prompt=args.negative_prompt,
-                      text_encoder=text_encoder_for(cfg) if prompts else None, sampler=args.sampler or s.sampler,
-                      steps=args.steps or s.steps, spacing=args.spacing or s.spacing,
-                      guidance=s.guidance if args.guidance is None else args.guidance,
-                      threshold=args.threshold or s.threshold, percentile=args.percentile or s.percentile,
+                      text_encoder=text_encoder_for(cfg) if prompts else None, **sampling_options(args, s),
                       seed=args.seed, progress=True, autoencoder=autoencoder, control=control.expand(args.n, -1, -1, -1),
                       control_scale=scales, control_steps=(args.control_start, args.control_end))
     shown = torch.cat([control_images(c[None], images.shape[1]) for c in control[0].split(1)])
@@ -121,6 +159,9 @@ def sample_controlled(args, base: str | None, controlnets: list[str]) -> None:
 
 
 def cmd_eval(args) -> None:
+    from latentdiff.cli.checks import check_sampling_args
+
+    check_sampling_args(args)  # before anything is loaded
     from latentdiff.io.checkpoint import read_config
     from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_autoencoder, load_model
     from latentdiff.presets import is_autoencoder_config
@@ -129,6 +170,8 @@ def cmd_eval(args) -> None:
         return eval_adherence(args)
     if args.target[0] == "control":
         return eval_control(args)
+    if args.target[0] == "nll":
+        return eval_nll(args)
     if len(args.target) != 1:
         sys.exit("usage: latentdiff eval CKPT | latentdiff eval adherence CKPT --prompts FILE")
     ckpt = args.target[0]
@@ -165,6 +208,24 @@ def eval_adherence(args) -> None:
     _write_json(args.json, report)
     if args.png:
         save_prompt_rows(images, prompts, args.png, title=f"guidance {report['guidance']:g}")
+
+
+def eval_nll(args) -> None:
+    """``eval nll CKPT --method vlb|ode|both``: bits/dim on the test split, mean and standard error."""
+    from latentdiff.pipelines.likelihood import evaluate_nll
+
+    if len(args.target) != 2:
+        sys.exit("usage: latentdiff eval nll CKPT --method vlb|ode|both --n N --seed S --json PATH")
+    methods = ("vlb", "ode") if args.method == "both" else (args.method,)
+    report = evaluate_nll(args.target[1], methods, n=args.n, seed=args.seed, use_ema=not args.no_ema,
+                          class_cond=args.class_cond, n_t=args.n_t, t_sampling=args.t_sampling,
+                          n_probes=args.probes, rtol=args.tol, atol=args.tol, ode_n=args.ode_n,
+                          ode_batch_size=args.ode_batch_size)
+    print(f"{args.target[1]}: {report['covers']}; {report['condition']}")
+    for m in methods:
+        r = report[m]
+        print(f"  {m}: {r['bits_per_dim']:.4f} +- {r['stderr']:.4f} bits/dim (n = {r['n']})")
+    _write_json(args.json, report)
 
 
 def eval_control(args) -> None:
@@ -208,13 +269,41 @@ def cmd_bench(args) -> None:
         sys.exit(f"latentdiff bench: {err}")
 
 
+DESCRIPTION = ("latentdiff trains diffusion models on one machine (pixel and latent DDPMs, text-to-image, "
+               "ControlNet, one-step students) and samples and evaluates them; `latentdiff COMMAND --help` "
+               "explains each command, `latentdiff presets` lists what can be trained.")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown as "(default: X)", except where the help already says its default, or there
+    is none to show (None, a store_true flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose sub-parsers (made with ``type(self)``) share the help formatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", help="sampler name (default: the run's); see latentdiff.sampling.SAMPLERS")
-    p.add_argument("--steps", type=int, help="number of sampling steps (default: the run's)")
+    p.add_argument("--sampler", help="sampler name (default: the run's sample.sampler); `latentdiff samplers` "
+                   "lists them")
+    p.add_argument("--steps", type=int, help="number of sampling steps, >= 1 and at least the sampler's order "
+                   "(default: the run's sample.steps)")
     p.add_argument("--spacing", help="sigma spacing: leading | trailing | linspace | karras | logsnr | balanced | fitted "
-                   "(fitted to this model on a pilot batch first; see latentdiff.sampling.fitted)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--seed", type=int, default=0)
+                   "(fitted to this model on a pilot batch first; default: the run's sample.spacing)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale, finite and >= 0; 1 = none "
+                   "(default: the run's sample.guidance)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled noise (the same images on CPU and GPU)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
 
 
@@ -224,39 +313,67 @@ def _controlnet_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentdiff", description=__doc__)
+    parser = _Parser(prog="latentdiff", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error "
+                        "(also LATENTDIFF_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("presets", help="list the presets")
+    p = sub.add_parser("presets", help="list the presets", description="List the presets, one line each.")
     p.set_defaults(func=cmd_presets)
 
+    p = sub.add_parser("config", help="print every config key of a preset with its value and meaning",
+                       description="Print every config key of PRESET (dotted, as --set takes it) with its value "
+                       "and a one-line description.")
+    p.add_argument("preset", help="preset name (`latentdiff presets` lists them)")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="show the config with these overrides applied, e.g. --set train.lr=1e-3")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("samplers", help="list the samplers and sigma spacings, one line each",
+                       description="List the samplers (--sampler) and sigma spacings (--spacing), one line each.")
+    p.set_defaults(func=cmd_samplers)
+
     p = sub.add_parser("train", help="train a preset into a run folder (resumes if it has a checkpoint)")
-    p.add_argument("--preset", required=True)
+    p.add_argument("--preset", required=True, help="what to train: `latentdiff presets` lists them, "
+                   "`latentdiff config PRESET` shows every key")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. train.lr=1e-3")
+    p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set train.lr=1e-3 train.max_steps=500")
+    p.add_argument("--init-from", metavar="CKPT", help="start a fresh run from this checkpoint's weights (its EMA "
+                   "where it has one); sets train.init_from")
     p.add_argument("--minutes", type=float, help="training-time budget (sets train.max_minutes)")
+    p.add_argument("--data", metavar="DIR", help="train on a folder of images (sets data.name=folder, "
+                   "data.root=DIR): class subfolders -> labels, <stem>.txt or metadata.jsonl -> captions, "
+                   "channels and class names from the images (README, Train on your own images)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="sample a grid from a checkpoint")
     p.add_argument("ckpt", help="checkpoint directory (RUN/checkpoint)")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--out", default="samples.png")
-    p.add_argument("--nrow", type=int)
-    p.add_argument("--class-label", type=int, help="sample one class (default: all classes in turn)")
+    p.add_argument("--n", type=int, default=64, help="number of images, >= 1")
+    p.add_argument("--out", default="samples.png", help="the PNG file to write (its folder is created)")
+    p.add_argument("--nrow", type=int, help="images per grid row (default: the class count for a class grid, "
+                   "else about the square root of --n)")
+    p.add_argument("--class-label", metavar="NAME|INDEX", help="sample one class, by name (the class folder's "
+                   "name) or index (default: all classes in turn)")
     p.add_argument("--trajectory", metavar="PNG", help="also save the x0 prediction of each step (a row per sample)")
-    p.add_argument("--prompt", help="text-to-image: the prompt (default: a row per grid prompt)")
+    p.add_argument("--prompt", help="text-to-image: the prompt (default: the run's grid prompts, a row each, "
+                   "exactly --n images: as many prompts (at most 10) as divide --n evenly)")
     p.add_argument("--negative-prompt", default="", help="text-to-image: what guidance steers away from "
                    "(default: the empty prompt, i.e. the unconditional model)")
-    p.add_argument("--threshold", choices=("none", "static", "dynamic"), help="clip x0 predictions (pixel models)")
-    p.add_argument("--percentile", type=float, help="dynamic thresholding's percentile p (default: the run's)")
+    p.add_argument("--threshold", choices=("none", "static", "dynamic"), help="clip x0 predictions (pixel models; "
+                   "default: the run's sample.threshold)")
+    p.add_argument("--percentile", type=float, help="dynamic thresholding's percentile p, in (0, 1] "
+                   "(default: the run's sample.percentile)")
     p.add_argument("--control", action="append", metavar="IMG", help="ControlNet: a control image (edges, mask), "
                    "one per --controlnet, in their order")
     p.add_argument("--control-scale", action="append", type=float, metavar="S",
                    help="ControlNet: the residual scale, one for all or one per --controlnet (default 1)")
     p.add_argument("--guess-mode", action="store_true", help="ControlNet: no prompt; the control alone, "
                    "guided against the base model without control")
-    p.add_argument("--control-start", type=float, default=0.0, help="ControlNet: first step fraction controlled")
-    p.add_argument("--control-end", type=float, default=1.0, help="ControlNet: last step fraction controlled")
+    p.add_argument("--control-start", type=float, default=0.0, help="ControlNet: first step fraction controlled, "
+                   "in [0, 1)")
+    p.add_argument("--control-end", type=float, default=1.0, help="ControlNet: last step fraction controlled, "
+                   "in (0, 1]")
     _controlnet_arg(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_sample)
@@ -264,21 +381,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="FD-EffNet (with floor) and class accuracy of a checkpoint's samples; for an "
                        "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use; "
                        "`eval adherence CKPT`: prompt adherence of a shapes text-to-image model; "
-                       "`eval control CKPT --controlnet CN`: control fidelity (edge F1 / mask IoU) and FD")
-    p.add_argument("target", nargs="+", metavar="[adherence|control] CKPT")
+                       "`eval control CKPT --controlnet CN`: control fidelity (edge F1 / mask IoU) and FD; "
+                       "`eval nll CKPT --method vlb|ode|both`: test-split bits/dim (variational bound, PF-ODE)")
+    p.add_argument("target", nargs="+", metavar="[adherence|control|nll] CKPT",
+                   help="a checkpoint directory (RUN/checkpoint), after adherence, control or nll for those measures")
     p.add_argument("--n", type=int, default=1000, help="number of samples (and real images) compared")
     p.add_argument("--json", help="write the numbers to this JSON file")
     p.add_argument("--prompts", help="adherence: a file of prompts, one per line (default: the held-out prompts)")
     p.add_argument("--n-per-prompt", type=int, default=16, help="adherence: samples per prompt")
     p.add_argument("--png", help="adherence, control: also save a figure of samples")
+    p.add_argument("--method", choices=("vlb", "ode", "both"), default="vlb",
+                   help="nll: the variational bound, the probability-flow ODE likelihood, or both")
+    p.add_argument("--n-t", type=int, default=1, help="nll vlb: sampled timesteps per image")
+    p.add_argument("--t-sampling", choices=("importance", "uniform", "all"), default="importance",
+                   help="nll vlb: how the KL terms' t is drawn (all: every one of the T terms)")
+    p.add_argument("--probes", type=int, default=1, help="nll ode: Hutchinson probes per image")
+    p.add_argument("--tol", type=float, default=1e-5, help="nll ode: RK45 rtol = atol")
+    p.add_argument("--ode-n", type=int, help="nll ode: images for the ODE (default --n)")
+    p.add_argument("--ode-batch-size", type=int, default=100, help="nll ode: images per ODE solve")
+    p.add_argument("--class-cond", action="store_true", help="nll: p(x | y) with the test labels "
+                   "(default: the unconditional p(x), the null class)")
     _controlnet_arg(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="train, sample and evaluate the Fashion-MNIST DDPM in minutes")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--minutes", type=float, default=12.0, help="training-time budget")
-    p.add_argument("--n-eval", type=int, default=1000)
+    p.add_argument("--out", default="demo_out", help="run folder")
+    p.add_argument("--minutes", type=float, default=12.0, help="training-time budget in minutes")
+    p.add_argument("--n-eval", type=int, default=1000, help="samples (and real images) for FD-EffNet")
     p.add_argument("--json", help="also write the report here")
     p.set_defaults(func=cmd_demo)
 
@@ -287,15 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "sampling, peak memory (needs diffusers; README, Performance)")
     add_arguments(p, configs="S,L", rounds=2, precision="fp32")
     p.set_defaults(func=cmd_bench)
+    for choice in sub._choices_actions:  # `latentdiff CMD --help` opens with the line `latentdiff --help` shows
+        command = sub.choices[choice.dest]
+        if command.description is None and choice.help:
+            command.description = choice.help[0].upper() + choice.help[1:] + "."
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    from latentdiff.cli.errors import run_command
+
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        sys.exit(f"latentdiff {args.command}: {err}")
+    run_command(lambda: args.func(args), args.command, debug=args.debug)
 
 
 if __name__ == "__main__":

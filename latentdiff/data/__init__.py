@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from .fashion_mnist import CLASS_NAMES, FashionMNIST, class_caption, read_idx
-from .image_folder import ImageFolder
+from .image_folder import ImageFolder, _scan
 from .shapes import ShapesDataset, held_out_prompts
 
 DATASET_NAMES = ("fmnist", "folder", "shapes")
@@ -35,6 +35,9 @@ class DataConfig(Config):
         channels: 1 (grey) or 3 (RGB); Fashion-MNIST is always 1, ``shapes`` always 3.
         n: ``shapes`` only: images per split (None: 50,000 train, 5,000 test).
         seed: ``shapes`` only: the generator's seed.
+        class_names: ``folder`` only: the class folders in label order, filled in from the data
+            when a run starts (``data.resolve.resolve_data``) and saved with the checkpoint, so that
+            ``sample --class-label NAME`` works; () = unlabelled, or not resolved yet.
     """
 
     name: str = "fmnist"
@@ -43,6 +46,18 @@ class DataConfig(Config):
     channels: int = 1
     n: int | None = None
     seed: int = 0
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        # checked when the config is made, so a bad ``--set data.*`` fails before a run folder exists
+        if self.name not in DATASET_NAMES:
+            raise ValueError(f"data.name: unknown dataset {self.name!r}; valid: {', '.join(DATASET_NAMES)}")
+        if self.image_size < 1:
+            raise ValueError(f"data.image_size must be at least 1, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+        if len(set(self.class_names)) != len(self.class_names) or not all(self.class_names):
+            raise ValueError(f"data.class_names must be distinct non-empty names, got {list(self.class_names)}")
 
 
 def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
@@ -54,20 +69,48 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     if cfg.name == "fmnist":
         if cfg.channels != 1:
             raise ValueError(f"Fashion-MNIST has 1 channel, DataConfig.channels={cfg.channels}")
-        return FashionMNIST(root=cfg.root, split=split, image_size=cfg.image_size)
+        try:
+            return FashionMNIST(root=cfg.root, split=split, image_size=cfg.image_size)
+        except FileNotFoundError as err:
+            if cfg.root is not None and Path(cfg.root).expanduser().is_dir() and _scan(Path(cfg.root).expanduser()):
+                raise FileNotFoundError(f"{err}; {cfg.root} holds image files: to train on them use "
+                                        f"`latentdiff train --data {cfg.root}` (data.name=folder)") from None
+            raise
     if cfg.name == "folder":
         if cfg.root is None:
-            raise ValueError("DataConfig(name='folder') needs root= a folder of images")
-        root = Path(cfg.root).expanduser()
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            root = root / split
-        return ImageFolder(str(root), image_size=cfg.image_size, channels=cfg.channels)
+            raise ValueError("data.name=folder needs data.root = a folder of images (latentdiff train --data DIR)")
+        return ImageFolder(str(split_root(cfg.root, split)), image_size=cfg.image_size, channels=cfg.channels,
+                           class_names=cfg.class_names)
     if cfg.name == "shapes":
         if cfg.channels != 3:
             raise ValueError(f"shapes images have 3 channels, DataConfig.channels={cfg.channels}")
         n = cfg.n if cfg.n is not None else SHAPES_DEFAULT_SIZE.get(split, 5_000)
         return ShapesDataset(n=n, image_size=cfg.image_size, split=split, seed=cfg.seed)
     raise ValueError(f"unknown dataset name {cfg.name!r}; valid names: {list(DATASET_NAMES)}")
+
+
+def has_splits(root: str | Path) -> bool:
+    """Whether an image folder holds ``train/`` and ``test/`` subfolders (then used as the splits)."""
+    root = Path(root).expanduser()
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def split_root(root: str | Path, split: str) -> Path:
+    """The folder of ``split``: ``root/<split>`` when ``root`` has train/ and test/, else ``root``."""
+    root = Path(root).expanduser()
+    return root / split if has_splits(root) else root
+
+
+def require_test_split(cfg: DataConfig, purpose: str = "eval") -> None:
+    """Refuse to score an image folder without held-out images against itself (FD floor ~0).
+    Call before any sampling work."""
+    if cfg.name == "folder" and cfg.root is not None and not has_splits(cfg.root):
+        raise ValueError(
+            f"{purpose} needs held-out images: the image folder {cfg.root} has no train/ and test/ subfolders, "
+            f"so its samples would be scored against the training images themselves. Move most images into "
+            f"{cfg.root}/train/ and some (a few hundred or more) into {cfg.root}/test/, with the same layout "
+            f"in each (the same class folders, captions beside their images), train with --data {cfg.root}, "
+            f"then evaluate")
 
 
 def grid_prompts(cfg: DataConfig, k: int = 10) -> list[str]:
@@ -93,5 +136,8 @@ __all__ = [
     "build_dataset",
     "class_caption",
     "grid_prompts",
+    "has_splits",
+    "require_test_split",
+    "split_root",
     "read_idx",
 ]

@@ -5,7 +5,9 @@ Layout::
     root/
       cat/001.png  cat/001.txt   <- label "cat", caption from the .txt sidecar
       dog/a/b.jpg                <- label "dog" (first-level subfolder decides)
-      loose.png                  <- a top-level file (only when no subfolders)
+      metadata.jsonl             <- optional captions: {"file_name": "cat/001.png", "text": "..."} per line
+      loose.png                  <- a top-level file: the set is unlabelled when there are no class
+                                    folders; beside class folders it is skipped with a warning
 
 Every image is decoded once at construction: centre-cropped to a square,
 resized to ``image_size`` and converted to grey (``L``) or ``RGB``, then kept
@@ -15,6 +17,7 @@ warning that counts them.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -24,17 +27,19 @@ from torch.utils.data import Dataset
 
 from .fashion_mnist import uint8_to_unit_range
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _MAX_NAMED_FAILURES = 3
 
 
 def _load_square_image(path: Path, image_size: int, mode: str) -> np.ndarray:
-    """Decode one file -> (S, S, C) uint8: centre crop to a square, resize, convert."""
+    """Decode one file -> (S, S, C) uint8: convert (16-bit grey scaled, not clipped; see
+    ``io.images.open_image``), centre crop to a square, resize. Unreadable files raise ValueError
+    naming the file."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
-        image = image.convert(mode)
+    from latentdiff.io.images import open_image
+
+    image = open_image(path, mode)
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
@@ -50,22 +55,79 @@ def _scan(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def class_layout(root: Path, paths: list[Path], class_names: tuple[str, ...] | list[str] = ()):
+    """Split ``paths`` (images under ``root``) by their first-level folder.
+
+    Returns (class_names, labelled paths, loose paths): the sorted first-level folders holding images
+    (or the given ``class_names``, in their order), the images inside them, and the images directly
+    under ``root`` beside them (which a caller skips, so that one stray file does not unlabel the
+    set). A folder without class folders gives ``([], paths, [])``: unlabelled. Raises ValueError
+    when the folders are not the given ``class_names``."""
+    inside = [p for p in paths if len(p.relative_to(root).parts) > 1]
+    if not inside:
+        return [], list(paths), []
+    found = sorted({p.relative_to(root).parts[0] for p in inside})
+    if class_names:
+        unknown = [name for name in found if name not in class_names]
+        if unknown:
+            raise ValueError(f"{root}: class folder(s) {unknown} are not among data.class_names "
+                             f"{list(class_names)} (the classes the model was trained on)")
+        found = list(class_names)
+    loose = [p for p in paths if len(p.relative_to(root).parts) == 1]
+    return found, inside, loose
+
+
+def read_captions(root: Path, paths: list[Path]) -> tuple[list[str] | None, str]:
+    """One caption per image: its ``<stem>.txt`` sidecar, else its line in ``root/metadata.jsonl``
+    (``{"file_name": path relative to root, "text" or "caption": ...}``), else "". Returns (captions or
+    None when no image has one, the sources found: "<stem>.txt", "metadata.jsonl", both or "")."""
+    table = {}
+    metadata = root / "metadata.jsonl"
+    if metadata.is_file():
+        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                table[(root / entry["file_name"]).resolve()] = str(entry.get("text", entry.get("caption", "")))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{metadata} line {number}: expected a JSON object with \"file_name\" and "
+                                 f"\"text\", got {line[:60]!r} ({type(err).__name__}: {err})") from None
+    captions, sources = [], set()
+    for path in paths:
+        sidecar = path.with_suffix(".txt")
+        if sidecar.is_file():
+            captions.append(sidecar.read_text(encoding="utf-8", errors="replace").strip())
+            sources.add("<stem>.txt")
+        elif path.resolve() in table:
+            captions.append(table[path.resolve()].strip())
+            sources.add("metadata.jsonl")
+        else:
+            captions.append("")
+    return (captions if sources else None), " + ".join(sorted(sources))
+
+
 class ImageFolder(Dataset):
     """Images under ``root``, decoded in memory.
 
     Args:
-        root: folder to scan recursively for .png/.jpg/.jpeg/.bmp/.webp files.
+        root: folder to scan recursively for .png/.jpg/.jpeg/.bmp/.webp/.gif/.tif/.tiff files.
         image_size: side S of the stored square images.
         channels: 1 (grey) or 3 (RGB).
         labels_from_subfolders: label = index of the first-level subfolder name
-            in ``class_names`` (sorted). Files directly under ``root`` make the
-            dataset unlabelled (``num_classes = 0``, labels all 0).
+            in ``class_names`` (sorted). Without subfolders the dataset is unlabelled
+            (``num_classes = 0``, labels all 0); files directly under ``root`` beside
+            class folders are skipped with a warning (``class_layout``).
+        class_names: the classes in their label order (a checkpoint's ``data.class_names``, so that
+            a test split missing a class keeps the training labels); () = the sorted subfolders.
 
     Attributes:
         images: (N, C, S, S) uint8.
         labels: (N,) int64.
         class_names: sorted first-level subfolder names ([] when unlabelled).
-        captions: list of N strings, or None when no ``<stem>.txt`` exists.
+        captions: list of N strings, or None when no ``<stem>.txt`` or ``metadata.jsonl`` caption exists.
+        caption_source: "<stem>.txt", "metadata.jsonl", both joined by " + ", or "".
+        skipped_loose: top-level images skipped beside class folders.
         paths: list of N source paths.
     """
 
@@ -75,6 +137,7 @@ class ImageFolder(Dataset):
         image_size: int = 32,
         channels: int = 3,
         labels_from_subfolders: bool = True,
+        class_names: tuple[str, ...] | list[str] = (),
     ):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -85,6 +148,14 @@ class ImageFolder(Dataset):
         self.channels = channels
 
         candidates = _scan(self.root)
+        self.class_names, self.skipped_loose = [], []
+        if labels_from_subfolders:
+            self.class_names, candidates, self.skipped_loose = class_layout(self.root, candidates, class_names)
+        if self.skipped_loose:
+            named = ", ".join(p.name for p in self.skipped_loose[:_MAX_NAMED_FAILURES])
+            more = "" if len(self.skipped_loose) <= _MAX_NAMED_FAILURES else ", ..."
+            warnings.warn(f"ImageFolder({self.root}): skipped {len(self.skipped_loose)} image file(s) at the top "
+                          f"level, outside the class folders {self.class_names}: {named}{more}", stacklevel=2)
         arrays, self.paths, failures = [], [], []
         mode = "L" if channels == 1 else "RGB"
         for path in candidates:
@@ -110,34 +181,11 @@ class ImageFolder(Dataset):
             )
 
         self.images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        self._set_labels(labels_from_subfolders)
-        self.captions = self._read_captions()
-
-    def _set_labels(self, labels_from_subfolders: bool) -> None:
-        """Labels from first-level subfolders; unlabelled if any file sits at top level."""
-        first_parts = [p.relative_to(self.root).parts for p in self.paths]
-        labelled = labels_from_subfolders and all(len(parts) > 1 for parts in first_parts)
-        if labelled:
-            self.class_names = sorted({parts[0] for parts in first_parts})
-            lookup = {name: i for i, name in enumerate(self.class_names)}
-            labels = [lookup[parts[0]] for parts in first_parts]
-        else:
-            self.class_names = []
-            labels = [0] * len(self.paths)
+        lookup = {name: i for i, name in enumerate(self.class_names)}
+        labels = [lookup[p.relative_to(self.root).parts[0]] if lookup else 0 for p in self.paths]
         self.num_classes = len(self.class_names)
         self.labels = torch.tensor(labels, dtype=torch.int64)
-
-    def _read_captions(self) -> list[str] | None:
-        """Sidecar ``<stem>.txt`` captions; None when no image has one ("" where missing)."""
-        captions, found = [], False
-        for path in self.paths:
-            sidecar = path.with_suffix(".txt")
-            if sidecar.is_file():
-                captions.append(sidecar.read_text(encoding="utf-8", errors="replace").strip())
-                found = True
-            else:
-                captions.append("")
-        return captions if found else None
+        self.captions, self.caption_source = read_captions(self.root, self.paths)
 
     def __len__(self) -> int:
         return self.labels.shape[0]

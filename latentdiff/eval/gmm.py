@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from latentdiff.schedules import DiscreteSchedule, sigma_grid

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 # Grids whose tiles are smaller than this are upscaled (nearest) so that a
 # 28x28 Fashion-MNIST sample is still visible in an image viewer.
 _MIN_TILE = 64
+_MAX_CAPTION_LINES = 4
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -106,7 +107,7 @@ def save_prompt_rows(images: torch.Tensor, prompts: list[str], path: str | os.Pa
     for i, (ax, prompt) in enumerate(zip(axes[:, 0], prompts)):
         grid = make_grid(images[i * per_row:(i + 1) * per_row], nrow=per_row)
         ax.imshow(grid[:, :, 0] if grid.shape[2] == 1 else grid, cmap="gray", interpolation="nearest")
-        ax.set_title(prompt, fontsize=8, loc="left", pad=2)
+        ax.set_title(prompt, fontsize=8, loc="left", pad=2, parse_math=False)  # a prompt's "$" is text
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
@@ -146,6 +147,8 @@ def _add_caption(picture: Image.Image, caption: str) -> Image.Image:
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(picture)
     lines = _wrap(caption, probe, font, max(picture.width - 8, 32))
+    if len(lines) > _MAX_CAPTION_LINES:  # a 10,000-character prompt must not make a picture of text
+        lines = lines[:_MAX_CAPTION_LINES - 1] + [lines[_MAX_CAPTION_LINES - 1][:-3] + "..."]
     line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 2
     band = len(lines) * line_h + 6
     out = Image.new("RGB", (picture.width, picture.height + band), "white")
@@ -157,41 +160,119 @@ def _add_caption(picture: Image.Image, caption: str) -> Image.Image:
 
 
 def _wrap(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> list[str]:
-    """Greedy word wrap so each line fits into ``width`` pixels."""
+    """Greedy word wrap so each line fits into ``width`` pixels; a word wider than a line is split."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
-        for word in paragraph.split():
+        for word in _split_long(paragraph.split(), draw, font, width):
             trial = f"{line} {word}".strip()
             if line and draw.textlength(trial, font=font) > width:
                 lines.append(line)
                 line = word
+                if len(lines) > _MAX_CAPTION_LINES:
+                    break
             else:
                 line = trial
         lines.append(line)
+        if len(lines) > _MAX_CAPTION_LINES:
+            break
     return lines
 
 
+def _split_long(words: list[str], draw: ImageDraw.ImageDraw, font, width: int):
+    """``words`` (lazily) with each word wider than ``width`` pixels cut into pieces that fit."""
+    for word in words:
+        while len(word) > 1 and draw.textlength(word[:256], font=font) > width:
+            cut = 1  # the longest prefix that fits, found on short prefixes only
+            while cut < len(word) and draw.textlength(word[:cut + 1], font=font) <= width:
+                cut += 1
+            yield word[:cut]
+            word = word[cut:]
+        yield word
+
+
+# Pillow's modes of more than 8 bits per sample, and the value that maps to white in each: 16-bit
+# grey ("I;16*", and "I", which 16-bit PNGs and TIFFs also open as) and float ("F", taken as [0, 1]).
+_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def open_image(path: str | os.PathLike, mode: str | None = None) -> Image.Image:
+    """Decode an image file completely into an 8-bit Pillow image.
+
+    Args:
+        path: any format Pillow reads; the first frame of an animation.
+        mode: ``"L"``, ``"LA"``, ``"RGB"``, ``"RGBA"`` (or any Pillow mode) to convert to; None keeps
+            the file's own channels as one of L, LA, RGB, RGBA (palette -> RGB or RGBA, CMYK -> RGB).
+
+    16-bit and 32-bit grey is scaled from its own range (65535 is white, not clipped at 255); a
+    palette image with a transparent colour goes through RGBA.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: as the file system says.
+        ValueError: naming the file, for anything that is not a decodable image: not an image at
+            all, truncated or corrupt, or over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = _to_8bit(img)
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")
+            return img.convert(mode or _own_mode(img))
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"cannot read image {path}: {err} (raise PIL.Image.MAX_IMAGE_PIXELS only if you "
+                         f"trust the file)") from err
+    except Image.UnidentifiedImageError as err:
+        raise ValueError(f"cannot read image {path}: not an image file Pillow can read") from err
+    except OSError as err:
+        if err.errno is not None:  # the file system's own errors (missing, a directory, no permission)
+            raise
+        raise ValueError(f"cannot read image {path}: the file is truncated or corrupt ({err})") from err
+    except Exception as err:  # noqa: BLE001 - decoders raise SyntaxError, struct.error, zlib.error, ...
+        raise ValueError(f"cannot read image {path}: the file is corrupt ({type(err).__name__}: {err})") from err
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit/32-bit/float grey image as 8-bit grey, scaled by its white value; others unchanged."""
+    white = _WHITE.get(img.mode)
+    if white is None:
+        return img
+    values = np.asarray(img).astype(np.float64)
+    pixels = np.clip(np.rint(values * (255.0 / white)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "L")
+
+
+def _own_mode(img: Image.Image) -> str:
+    bands = img.getbands()
+    alpha = "A" in bands or "a" in bands
+    grey = img.mode in ("1", "L", "LA", "La")
+    return ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
+
+
 def load_image(path: str | os.PathLike, size: int | tuple[int, int] | None = None, channels: int = 3) -> torch.Tensor:
-    """Read an image file.
+    """Read an image file (any mode Pillow reads: 16-bit grey, palette, CMYK, alpha; see :func:`open_image`).
 
     Args:
         path: any format Pillow reads.
         size: ``(H, W)`` or an int for a square; resized with bicubic
             filtering when given.
-        channels: 1 (grayscale) or 3 (RGB).
+        channels: 1 (grayscale) or 3 (RGB); an alpha channel is dropped.
 
     Returns:
         ``(1, channels, H, W)`` float32 tensor in ``[-1, 1]``.
+
+    Raises:
+        ValueError: naming the file when it is not a readable image (see :func:`open_image`).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    with Image.open(path) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
-        if size is not None:
-            h, w = (size, size) if isinstance(size, int) else size
-            img = img.resize((w, h), Image.BICUBIC)
-        pixels = np.asarray(img, dtype=np.uint8).copy()
+    img = open_image(path, "L" if channels == 1 else "RGB")
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        if h < 1 or w < 1:
+            raise ValueError(f"image size must be at least 1x1, got {h}x{w}")
+        img = img.resize((w, h), Image.BICUBIC)
+    pixels = np.asarray(img, dtype=np.uint8).copy()
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1

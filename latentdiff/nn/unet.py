@@ -29,23 +29,37 @@ from latentdiff.nn.layers import TimestepMLP, group_norm, zero_module
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig(Config):
-    image_size: int = 32
-    in_channels: int = 1
+    image_size: int = 32                  # side of the (square) input, pixels or latents
+    in_channels: int = 1                  # input channels: image channels, or the autoencoder's latent channels
     out_channels: int | None = None       # default: in_channels (doubled by learned variance)
     channels: int = 64                    # base width
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16,)
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per resolution level (a 2x downsampling between)
+    num_res_blocks: int = 2               # ResBlocks per level
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sides that get self-attention
     num_heads: int | None = 1             # or None with head_dim
-    head_dim: int | None = None
-    dropout: float = 0.1
+    head_dim: int | None = None           # channels per attention head (instead of num_heads)
+    dropout: float = 0.1                  # dropout inside the ResBlocks
     num_classes: int = 0                  # > 0: class embedding with a null class at index num_classes
-    scale_shift_norm: bool = True
-    norm_groups: int = 32
+    scale_shift_norm: bool = True         # time embedding as scale and shift of the GroupNorm (Improved DDPM)
+    norm_groups: int = 32                 # GroupNorm groups
     patch_size: int = 1                   # > 1: space-to-depth at the input, depth-to-space at the output
     context_dim: int = 0                  # > 0: cross-attention on text tokens (B, L, context_dim) at every attention
     pooled_dim: int = 0                   # > 0: a pooled text embedding (B, pooled_dim) joins the time embedding
     transformer: bool = False             # attention as Stable Diffusion's transformer layers (nn/attention.py)
+
+    def __post_init__(self):
+        # sizes a network cannot have, refused by name when the config is made (not as a torch error)
+        for name in ("image_size", "in_channels", "channels", "num_res_blocks", "norm_groups", "patch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"model.channel_mult must be a non-empty list of integers >= 1, "
+                             f"got {list(self.channel_mult)}")
+        for name in ("num_classes", "context_dim", "pooled_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 class UNetEncoder(nn.Module):

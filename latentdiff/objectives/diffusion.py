@@ -18,7 +18,7 @@ from torch import nn
 from latentdiff.config import Config
 from latentdiff.objectives.learned_variance import vlb_term
 from latentdiff.precond import training_target
-from latentdiff.schedules import DiscreteSchedule
+from latentdiff.schedules import SCHEDULES, DiscreteSchedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +26,23 @@ class DiffusionConfig(Config):
     """How a discrete VP diffusion model is trained and what its backbone predicts."""
 
     schedule: str = "linear"          # linear | cosine | scaled_linear
-    timesteps: int = 1000
+    timesteps: int = 1000             # discrete training timesteps T
     parameterisation: str = "eps"     # eps | v | x0
     min_snr_gamma: float | None = None  # None: plain MSE (Algorithm 1 for eps)
     learned_variance: bool = False    # Improved DDPM hybrid loss
     vlb_weight: float = 0.001         # lambda in L_simple + lambda L_vlb
     cond_drop_prob: float = 0.0       # classifier-free guidance: labels -> null class, text -> no tokens
+
+    def __post_init__(self):
+        # refused when the config is made, so a bad ``--set diffusion.*`` fails before a run folder exists
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"diffusion.schedule: unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.parameterisation not in ("eps", "v", "x0"):
+            raise ValueError(f"diffusion.parameterisation: expected eps, v or x0, got {self.parameterisation!r}")
+        if self.timesteps < 1:
+            raise ValueError(f"diffusion.timesteps must be at least 1, got {self.timesteps}")
+        if not 0 <= self.cond_drop_prob <= 1:
+            raise ValueError(f"diffusion.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
 
 
 def snr_weight(snr: torch.Tensor, parameterisation: str, gamma: float | None) -> torch.Tensor:

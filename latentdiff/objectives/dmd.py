@@ -44,7 +44,7 @@ class DMDConfig(Config):
 
     guidance: float = 2.0             # real-score classifier-free guidance (DMD, section 3.3 / 4)
     t_min: float = 0.02               # noise levels of the DM gradient: t ~ U[t_min T, t_max T]
-    t_max: float = 0.98
+    t_max: float = 0.98               # (see t_min)
     regression_weight: float = 0.25   # DMD's lambda_reg (paper: 0.25); 0 for DMD2
     regression_share: float = 0.5     # share of the batch's pairs that the regression loss uses
     perceptual_size: int = 32         # side the LPIPS-like EffNet distance sees

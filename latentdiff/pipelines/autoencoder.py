@@ -11,7 +11,8 @@ from torch import nn
 from latentdiff.accel import training_memory_format
 from latentdiff.autoencoders import IdentityAutoencoder, LatentAutoencoder, build_autoencoder
 from latentdiff.autoencoders.losses import AutoencoderTraining, psnr
-from latentdiff.data import DataConfig, build_dataset, shapes
+from latentdiff.data import DataConfig, build_dataset, require_test_split, shapes
+from latentdiff.data.resolve import resolve_data
 from latentdiff.data.latent_cache import META_FILE, LatentDataset, write_latent_cache
 from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset
 from latentdiff.io.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_checkpoint, resolve_checkpoint,
@@ -66,7 +67,9 @@ def autoencoder_trainer(cfg: AutoencoderRunConfig, out_dir: str | Path, cpu: boo
 def train_autoencoder_run(cfg: AutoencoderRunConfig, out_dir: str | Path, cpu: bool | None = None,
                           n_scale: int = 5000) -> dict:
     """Train into the run folder ``out_dir`` (resumes), then measure the latent scale factor on
-    ``n_scale`` training images with the EMA weights and store it in the checkpoint's config."""
+    ``n_scale`` training images with the EMA weights and store it in the checkpoint's config.
+    An image folder's config is checked against the folder first (``data.resolve.resolve_data``)."""
+    cfg, _ = resolve_data(cfg)
     trainer = autoencoder_trainer(cfg, out_dir, cpu)
     summary = trainer.train()
     if trainer.accelerator.is_main_process:
@@ -87,7 +90,10 @@ def set_latent_scale(ckpt: str | Path, scale: float) -> None:
 
 def load_autoencoder(ckpt: str | Path, use_ema: bool = True,
                      device: str | torch.device = "cpu") -> tuple[LatentAutoencoder, AutoencoderRunConfig]:
-    """An autoencoder checkpoint directory -> (autoencoder in eval mode, its run config)."""
+    """An autoencoder checkpoint directory -> (autoencoder in eval mode, frozen, its run config).
+
+    Its parameters do not require grad, so ``encode``/``decode`` of images give plain tensors;
+    gradients still flow to inputs that require them (latent-space losses through ``decode``)."""
     path = Path(ckpt)
     if not path.exists() and not path.with_name(path.name + ".old").exists():
         raise FileNotFoundError(f"autoencoder checkpoint {path} does not exist "
@@ -99,7 +105,7 @@ def load_autoencoder(ckpt: str | Path, use_ema: bool = True,
     ae = build_autoencoder(cfg.autoencoder)
     weights = state.ema_state if use_ema and state.ema_state is not None else state.model_state
     ae.load_state_dict({k[len(PREFIX):]: v for k, v in weights.items() if k.startswith(PREFIX)})
-    return ae.to(device).eval(), cfg
+    return ae.to(device).eval().requires_grad_(False), cfg
 
 
 def autoencoder_for(cfg: RunConfig, device: str | torch.device = "cpu") -> nn.Module:
@@ -118,8 +124,10 @@ def evaluate_autoencoder(ae: LatentAutoencoder, data: DataConfig, n_fd: int = 20
     """PSNR on the whole test split, reconstruction FD-EffNet with its floor, and codebook use (VQ).
 
     Reconstruction FD is FD(recon(train subset), test subset) beside the floor FD(train subset, test
-    subset): the same N real training images with and without the autoencoder in between.
+    subset): the same N real training images with and without the autoencoder in between. An image
+    folder without train/ and test/ splits is refused (``data.require_test_split``).
     """
+    require_test_split(data)
     test, train = build_dataset(data, "test"), build_dataset(data, "train")
     x = test.get_batch(torch.arange(len(test)))["x"]
     quantizer = getattr(ae, "quantizer", None)

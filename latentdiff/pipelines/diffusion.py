@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from latentdiff.accel import prepare, training_memory_format
 from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
 from latentdiff.data import build_dataset, grid_prompts
+from latentdiff.data.resolve import resolve_data
 from latentdiff.io.checkpoint import load_checkpoint, read_config
 from latentdiff.nn.unet import UNet
 from latentdiff.objectives.diffusion import DiffusionLoss
@@ -22,6 +23,7 @@ from latentdiff.sampling import (CFGDenoiser, ControlWindow, ThresholdedDenoiser
                                  prior_noise)
 from latentdiff.sampling.fitted import FittedGrid, fit_sigmas
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
+from latentdiff.training.start import seeded_run
 from latentdiff.training.trainer import Trainer
 
 
@@ -43,7 +45,7 @@ def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.de
                   compile: bool = False):
     """A checkpoint directory -> (Denoiser in eval mode, RunConfig); the network in the faster memory
     format for its sampling precision on ``device``, torch.compile'd if ``compile`` (``accel.prepare``)."""
-    state = load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt, trainer_state=False)
     cfg = RunConfig.from_dict(state.config)
     net = build_backbone(cfg)
     weights = state.ema_state if use_ema and state.ema_state is not None else state.model_state
@@ -121,12 +123,13 @@ def windowed(denoiser: Denoiser, sigmas: torch.Tensor, control_steps: tuple[floa
 @torch.no_grad()
 def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: float = 1.0, n_pilot: int = 32,
                    reference_steps: int = 100, max_evals: int = 40, n_starts: int = 2,
-                   seed: int = 10_000) -> FittedGrid:
+                   seed: int = 10_000, progress: bool = False) -> FittedGrid:
     """An nfe-call sigma grid for ``sampler`` fitted to this model (``latentdiff.sampling.fitted``).
 
     The pilot: n_pilot images (balanced classes, this guidance) from noise of ``seed``, far from
     the seeds used for evaluation; its reference is DPM-Solver++(3M) on ``reference_steps`` logSNR
     steps. Starts from trailing, logsnr and karras; returns the FittedGrid (sigmas (nfe + 1,)).
+    ``progress`` shows a bar over the search's pilot solves.
     """
     sched, net_cfg = denoiser.schedule, denoiser.net.cfg
     device = next(denoiser.net.parameters()).device
@@ -138,7 +141,8 @@ def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: floa
     x_T = x_T.to(device)
     x_ref = get_sampler("dpmpp_3m")(model, x_T.clone(), sigma_grid(sched, reference_steps, "logsnr"), cond=cond)
     starts = {sp: sigma_grid(sched, nfe, sp) for sp in ("trailing", "logsnr", "karras")}
-    return fit_sigmas(get_sampler(sampler), model, x_T, x_ref, starts, sched.sigma_min, max_evals, n_starts, cond)
+    return fit_sigmas(get_sampler(sampler), model, x_T, x_ref, starts, sched.sigma_min, max_evals, n_starts, cond,
+                      progress=progress)
 
 
 @torch.no_grad()
@@ -162,33 +166,50 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
     first fits the grid to this model (``fit_model_grid``; measured on the demo model, one busy CPU
     core: about 4 minutes at 5 steps, 7 at 10). ControlNet (the denoiser's net a ``ControlledUNet``):
     ``control`` (n, sum C_k, S, S) in [0, 1], ``control_scale`` one per ControlNet, applied during
-    the steps whose fraction lies in ``control_steps`` = (start, end).
+    the steps whose fraction lies in ``control_steps`` = (start, end). ``progress`` shows a bar: per
+    sampler step when n fits one batch, per image otherwise (and the fitted grid's search first).
     """
     net_cfg = denoiser.net.cfg
     device = next(denoiser.net.parameters()).device
     sample = get_sampler(sampler)
     if sigmas is None and spacing == "fitted":
-        sigmas = fit_model_grid(denoiser, sampler, steps, guidance=guidance).sigmas
+        sigmas = fit_model_grid(denoiser, sampler, steps, guidance=guidance, progress=progress).sigmas
     sigmas = sigma_grid(denoiser.schedule, steps, spacing) if sigmas is None else sigmas
     generator = torch.Generator().manual_seed(seed)
     x_T = prior_noise((n, net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size), float(sigmas[0]), generator)
     kwargs = {"variance": "learned"} if sampler == "ddpm" and denoiser.learned_variance else {}
     out = []
-    bar = tqdm(total=n, desc=f"sample {sampler}-{steps}", disable=not progress, unit="img")
-    for start in range(0, n, batch_size):
-        x = x_T[start:start + batch_size].to(device)
-        labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
-        batch_prompts = None if prompts is None else prompts[start:start + batch_size]
-        batch_control = None if control is None else control[start:start + batch_size]
-        cond, uncond = conditions(denoiser, labels, batch_prompts, negative_prompt, text_encoder, batch_control,
-                                  control_scale)
-        model = guided(windowed(denoiser, sigmas, control_steps), cond, uncond, guidance, threshold, percentile)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
-        out.append((x if autoencoder is None else autoencoder.decode(x.float())).cpu())
-        bar.update(len(x))
-    bar.close()
+    # One batch: the bar counts sampler steps (model calls; a heun step is two), else images per batch.
+    per_step = n <= batch_size
+    total, unit = (len(sigmas) - 1, "step") if per_step else (n, "img")
+    # closed on an error too, so that an error message starts on a line of its own
+    with tqdm(total=total, desc=f"sample {n} x {sampler}-{len(sigmas) - 1}", disable=not progress, unit=unit) as bar:
+        if per_step:
+            callback = _stepping(bar, callback)
+        for start in range(0, n, batch_size):
+            x = x_T[start:start + batch_size].to(device)
+            labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
+            batch_prompts = None if prompts is None else prompts[start:start + batch_size]
+            batch_control = None if control is None else control[start:start + batch_size]
+            cond, uncond = conditions(denoiser, labels, batch_prompts, negative_prompt, text_encoder, batch_control,
+                                      control_scale)
+            model = guided(windowed(denoiser, sigmas, control_steps), cond, uncond, guidance, threshold, percentile)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
+            out.append((x if autoencoder is None else autoencoder.decode(x.float())).cpu())
+            bar.update(total - bar.n if per_step else len(x))
     return torch.cat(out).clamp(-1, 1)
+
+
+def _stepping(bar, callback: Callable | None) -> Callable:
+    """A sampler callback that moves ``bar`` to step i + 1, then calls ``callback``."""
+
+    def step(i, sigma, x, x0):
+        bar.update(max(0, i + 1 - bar.n))
+        if callback is not None:
+            callback(i, sigma, x, x0)
+
+    return step
 
 
 def text_encoder_for(cfg: RunConfig) -> TextEncoder | None:
@@ -219,9 +240,12 @@ def grid_conditions(cfg: RunConfig, prompts: list[str] | None, n_grid: int | Non
     return labels, grid, n, per_row
 
 
+@seeded_run
 def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> dict:
     """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint), the network
-    in the faster memory format for the device and precision (``accel.training_memory_format``)."""
+    in the faster memory format for the device and precision (``accel.training_memory_format``).
+    An image folder's config is checked against the folder first (``data.resolve.resolve_data``)."""
+    cfg, _ = resolve_data(cfg)
     autoencoder = autoencoder_for(cfg)
     dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
     prompts = grid_prompts(cfg.data) if cfg.text is not None else None

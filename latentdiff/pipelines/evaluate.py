@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from latentdiff.data import build_dataset, class_caption
+from latentdiff.data import build_dataset, class_caption, require_test_split
 from latentdiff.data.control import control_maps
 from latentdiff.eval import class_accuracy, fd_with_floor, load_or_train_classifier
 from latentdiff.eval.adherence import score, summarize
@@ -26,6 +26,7 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 def evaluate_images(images: torch.Tensor, labels: torch.Tensor | None, cfg: RunConfig, seed: int = 0) -> dict:
     """FD-EffNet (+ floor at the same N) of ``images`` (N, C, H, W) against the test split,
     and, for labelled Fashion-MNIST samples, class accuracy beside the real test images' accuracy."""
+    require_test_split(cfg.data)
     test, train = build_dataset(cfg.data, "test"), build_dataset(cfg.data, "train")
     report = fd_with_floor(images, test, train, n=len(images), seed=seed)
     if labels is not None and cfg.data.name == "fmnist":
@@ -54,7 +55,9 @@ def evaluate_model(denoiser: Denoiser, cfg: RunConfig, n: int = 1000, *, sampler
     """Sample n images (balanced classes; for text-to-image, ``evaluation_prompts``) with the run's
     default sampling unless overridden; returns (report, images, labels). The report includes the
     sampler settings and sampling images/s (decoding included for latent models: pass their
-    ``autoencoder``; text encoding included for text-to-image)."""
+    ``autoencoder``; text encoding included for text-to-image). An image folder without train/ and
+    test/ splits is refused before any sampling (``data.require_test_split``)."""
+    require_test_split(cfg.data)
     s = cfg.sample
     sampler, steps = sampler or s.sampler, steps or s.steps
     spacing, guidance = spacing or s.spacing, s.guidance if guidance is None else guidance

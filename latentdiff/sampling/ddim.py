@@ -15,7 +15,9 @@ from latentdiff.sampling.ode import check_grid, denoise_step, randn_like
 @torch.no_grad()
 def sample_ddim(denoise, x: torch.Tensor, sigmas: torch.Tensor, *, cond=None, generator=None, callback=None,
                 eta: float = 0.0) -> torch.Tensor:
-    """x (B, ...) at sigmas[0] -> sample at sigmas[-1] (0). One model call per step."""
+    """DDIM (Song et al. 2021, eq. 12): deterministic at eta = 0, the DDPM posterior at eta = 1.
+
+    x (B, ...) at sigmas[0] -> sample at sigmas[-1] (0). One model call per step."""
     check_grid(sigmas, 1, "ddim")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

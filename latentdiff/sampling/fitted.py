@@ -58,7 +58,7 @@ def theta_from_grid(sigmas: torch.Tensor) -> np.ndarray:
 
 
 def fit_sigmas(sampler, denoise, x_T: torch.Tensor, x_ref: torch.Tensor, starts: dict, sigma_min: float,
-               max_evals: int = 400, n_starts: int = 2, cond=None) -> FittedGrid:
+               max_evals: int = 400, n_starts: int = 2, cond=None, progress: bool = False) -> FittedGrid:
     """Fit the sigmas of a deterministic sampler to a pilot reference.
 
     Args:
@@ -70,28 +70,35 @@ def fit_sigmas(sampler, denoise, x_T: torch.Tensor, x_ref: torch.Tensor, starts:
         sigma_min: the smallest sigma the model was trained on.
         max_evals: Nelder-Mead pilot runs per start.
         n_starts: how many of the start grids (the best on the pilot first) are refined.
+        progress: show a bar over the pilot solves (at most len(starts) + n_starts * max_evals).
     Returns: FittedGrid; its sigmas have the start grids' length.
     """
     from scipy.optimize import minimize
+    from tqdm.auto import tqdm
 
     sigma_max = float(next(iter(starts.values()))[0])
     calls = 0
+    bar = tqdm(total=len(starts) + min(n_starts, len(starts)) * max_evals, desc="fit sigma grid", unit="solve",
+               disable=not progress)
 
     def rmse(sigmas: torch.Tensor) -> float:
         nonlocal calls
         calls += len(sigmas) - 1
         out = sampler(denoise, x_T.clone(), sigmas, cond=cond or {})
         err = float(((out.double() - x_ref.double()) ** 2).mean().sqrt())
+        bar.update(1)
         return err if math.isfinite(err) else 1e6
 
-    start_err = {name: rmse(s) for name, s in starts.items()}
-    best_name = min(start_err, key=start_err.get)
-    best_theta, best_err = theta_from_grid(starts[best_name]), start_err[best_name]
-    for name in sorted(start_err, key=start_err.get)[:n_starts]:
-        res = minimize(lambda th: rmse(grid_from_theta(th, sigma_max, sigma_min)), theta_from_grid(starts[name]),
-                       method="Nelder-Mead", options={"maxfev": max_evals, "xatol": 1e-3, "fatol": 1e-6})
-        if res.fun < best_err:
-            best_theta, best_err = res.x, float(res.fun)
+    with bar:  # Nelder-Mead may converge before max_evals: the bar then ends short of its total
+        start_err = {name: rmse(s) for name, s in starts.items()}
+        best_name = min(start_err, key=start_err.get)
+        best_theta, best_err = theta_from_grid(starts[best_name]), start_err[best_name]
+        for name in sorted(start_err, key=start_err.get)[:n_starts]:
+            res = minimize(lambda th: rmse(grid_from_theta(th, sigma_max, sigma_min)), theta_from_grid(starts[name]),
+                           method="Nelder-Mead", options={"maxfev": max_evals, "xatol": 1e-3, "fatol": 1e-6})
+            if res.fun < best_err:
+                best_theta, best_err = res.x, float(res.fun)
+            bar.set_postfix(rmse=f"{best_err:.4g}")
     return FittedGrid(grid_from_theta(best_theta, sigma_max, sigma_min), best_err, start_err[best_name],
                       best_name, calls)
 

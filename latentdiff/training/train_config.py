@@ -18,23 +18,23 @@ class TrainConfig(Config):
     good checkpoint and exit with one line) or ``skip`` (drop that update, count it, go on).
     ``init_from``: a checkpoint whose weights (its EMA where it has one) start a fresh run."""
 
-    batch_size: int = 64
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
+    batch_size: int = 64  # images per optimizer step, per process
+    lr: float = 2e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 100  # linear learning-rate warm-up steps
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 10000
+    max_steps: int = 10000  # stop after this many optimizer steps
     max_minutes: float | None = None  # training-time budget, summed across resumes
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # decay of the EMA weights used for sampling
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else no), "no", "bf16", "fp16"
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    log_every: int = 25
-    seed: int = 0
-    num_workers: int = 0
-    on_nonfinite: str = "stop"
-    init_from: str | None = None
+    sample_every: int = 1000  # steps between sample grids in RUN/samples/
+    checkpoint_every: int = 1000  # steps between checkpoints
+    log_every: int = 25  # steps between lines of RUN/metrics.jsonl
+    seed: int = 0  # seed of the run (initial weights, data order, noise)
+    num_workers: int = 0  # data-loader worker processes (0: in the main process)
+    on_nonfinite: str = "stop"  # non-finite loss or gradient: stop (keep the last good checkpoint) or skip
+    init_from: str | None = None  # a checkpoint whose weights (its EMA where it has one) start a fresh run
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "sample_every", "checkpoint_every", "log_every"):

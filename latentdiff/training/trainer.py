@@ -42,10 +42,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from latentdiff.io.checkpoint import save_checkpoint
 from latentdiff.io.images import save_grid
+from latentdiff.progress import TrainBar
 from latentdiff.training import lock as locking
 from latentdiff.training.batches import BatchStream
 from latentdiff.training.divergence import DivergenceError, nonfinite_parameters, nonfinite_state, total_grad_norm
@@ -172,7 +172,7 @@ class Trainer:
         self.model.train()
         self._t_start = time.time()
         window = Window()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not acc.is_main_process, desc="train")
+        bar = TrainBar(cfg, self.step, self.elapsed_before_s, disable=not acc.is_main_process)
         handlers = install_stop_handlers(self)
         try:
             # elapsed_before_s comes from the checkpoint, so all ranks agree here.
@@ -180,8 +180,7 @@ class Trainer:
             while self.step < cfg.max_steps and not stop:
                 loss, logs, stop = self._train_step()
                 window.add(loss, logs)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", **self._budget_postfix())
+                bar.update(self.step, self.elapsed_s(), loss)
                 if self.step % cfg.log_every == 0:
                     self._log(window)
                 if self.step % cfg.checkpoint_every == 0:
@@ -192,6 +191,7 @@ class Trainer:
         finally:
             bar.close()
             restore_handlers(handlers)
+        bar.stopped(self.step, self.elapsed_s(), self._stop_signal)
         if self._stop_signal is not None:
             name, code = ("SIGTERM", 143) if self._stop_signal == signal.SIGTERM else ("SIGINT", 130)
             raise TrainingStopped(f"stopped by {name} at step {self.step}; checkpoint saved in {self.ckpt_dir}; "
@@ -299,12 +299,6 @@ class Trainer:
                 self.model.train()
                 self.data.seek(*position)
         return not self._agree(not math.isfinite(float(loss)), False)[0]
-
-    def _budget_postfix(self) -> dict[str, str]:
-        """With a time budget the step total says little: show minutes used / budget."""
-        if self.cfg.max_minutes is None:
-            return {}
-        return {"min": f"{self.elapsed_s() / 60:.1f}/{self.cfg.max_minutes:g}"}
 
     def elapsed_s(self) -> float:
         """Training time in seconds, including earlier runs of this folder."""
