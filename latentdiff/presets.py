@@ -422,5 +422,13 @@ def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunCon
     return PRESETS[name]()
 
 
+def run_config_from_dict(config: dict) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig | DMDRunConfig:
+    """A run's config dict (a checkpoint's or run folder's config.json) as its config class, by its ``task``."""
+    kinds = ((is_autoencoder_config, AutoencoderRunConfig), (is_controlnet_config, ControlNetRunConfig),
+             (is_dmd_config, DMDRunConfig))
+    cls = next((cls for test, cls in kinds if test(config)), RunConfig)
+    return cls.from_dict(config)
+
+
 def describe_presets() -> list[tuple[str, str]]:
     return [(name, make().description) for name, make in PRESETS.items()]

@@ -281,3 +281,57 @@ def test_a_train_that_fails_before_writing_leaves_nothing(tmp_path, capsys):
     code, err = cli(train_args(out, "data.root=" + str(tmp_path / "no-such-data")), capsys)
     assert code == 1 and "no-such-data" in error_line(err), err
     assert not out.exists()
+
+
+def _folder(root: Path) -> Path:
+    from PIL import Image
+
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (32, 32), tuple(c + 3 * i for c in colour)).save(root / label / f"{i}.png")
+    return root
+
+
+def test_rerunning_a_folder_run_without_its_flags_resumes_it(tmp_path, capsys):
+    data, out = _folder(tmp_path / "imgs"), tmp_path / "run"
+    small = ["train.batch_size=4", "train.sample_every=100", "sample.n_grid=4", "sample.steps=2"]
+    code, err = cli(["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--set",
+                     "train.max_steps=2", *small], capsys)
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())
+    code, err = cli(["train", "--out", str(out), "--set", "train.max_steps=3"], capsys)  # no preset, no --data
+    assert code == 0, err
+    code, err = cli(["train", "--preset", "tiny", "--out", str(out), "--set", "train.max_steps=4"], capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == saved["data"] and config["model"] == saved["model"]  # still the folder, not fmnist
+    assert load_checkpoint(out / "checkpoint").trainer_state["step"] == 4
+
+
+def test_another_preset_over_a_run_is_refused_unless_forced(tmp_path, capsys):
+    main(train_args(tmp_path))
+    before = all_bytes(tmp_path)
+    code, err = cli(["train", "--preset", "tiny-vae", "--out", str(tmp_path), "--set", "train.max_steps=1"], capsys)
+    assert code == 1 and "holds a run of another preset" in error_line(err) and "--force" in error_line(err), err
+    assert all_bytes(tmp_path) == before
+    code, err = cli(["train", "--preset", "tiny-vae", "--out", str(tmp_path), "--force", "--set", "train.max_steps=1",
+                     "train.sample_every=100"], capsys)
+    assert code == 0, err
+    (aside,) = tmp_path.glob("replaced-*")
+    assert {k for k in before if not k.startswith("train.lock")} == {
+        k for k in (str(p.relative_to(aside)) for p in aside.rglob("*") if p.is_file())}  # the old run, whole
+    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["task"] == "autoencoder"
+
+
+def test_train_without_a_preset_needs_a_run_to_resume(tmp_path, capsys):
+    code, err = cli(["train", "--out", str(tmp_path / "empty")], capsys)
+    assert code == 1 and "--preset is needed" in error_line(err), err
+    assert not (tmp_path / "empty").exists()
+
+
+def test_invalid_json_in_a_run_folder_names_the_file(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{not json")
+    code, err = cli(train_args(tmp_path), capsys)
+    assert code == 1 and f"{tmp_path / 'config.json'} is not valid JSON" in error_line(err), err
+    assert (tmp_path / "config.json").read_text() == "{not json"

@@ -46,28 +46,21 @@ def cmd_samplers(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from latentdiff.config import apply_overrides
+    import contextlib
+
+    from latentdiff.cli.train_args import replace_run, train_config
     from latentdiff.pipelines import train_autoencoder_run, train_controlnet_run, train_run
     from latentdiff.pipelines.dmd import train_dmd_run
-    from latentdiff.data.resolve import data_overrides, resolve_data
-    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, RunConfig, get_preset
+    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig
+    from latentdiff.training import run_lock
 
-    cfg = apply_overrides(get_preset(args.preset), data_overrides(args.data, args.set))
-    if isinstance(cfg, (RunConfig, AutoencoderRunConfig)):
-        cfg, lines = resolve_data(cfg, explicit=[item.split("=", 1)[0].strip() for item in args.set or []])
-        for line in lines:
-            print(line, file=sys.stderr)
-        if lines:  # the notes said it: ImageFolder's own warning about loose files would repeat it
-            import warnings
-
-            warnings.filterwarnings("ignore", message=r"ImageFolder\(.*\): skipped .* at the top level")
-    if args.init_from is not None:
-        cfg = cfg.replace(train=cfg.train.replace(init_from=args.init_from))
-    if args.minutes is not None:
-        cfg = cfg.replace(train=cfg.train.replace(max_minutes=args.minutes))
-    train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
-             DMDRunConfig: train_dmd_run}.get(type(cfg), train_run)
-    summary = train(cfg, args.out)
+    with run_lock(args.out) if args.force else contextlib.nullcontext():  # --force: held from the move on
+        if args.force:
+            replace_run(Path(args.out))
+        cfg = train_config(args)
+        train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
+                 DMDRunConfig: train_dmd_run}.get(type(cfg), train_run)
+        summary = train(cfg, args.out)
     print(json.dumps(summary))
 
 
@@ -334,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_samplers)
 
     p = sub.add_parser("train", help="train a preset into a run folder (resumes if it has a checkpoint)")
-    p.add_argument("--preset", required=True, help="what to train: `latentdiff presets` lists them, "
-                   "`latentdiff config PRESET` shows every key")
+    p.add_argument("--preset", help="what to train: `latentdiff presets` lists them, `latentdiff config PRESET` "
+                   "shows every key; not needed to resume: `train --out RUN` continues RUN with its own config")
+    p.add_argument("--force", action="store_true", help="the folder holds a run of another preset: move it aside "
+                   "into RUN/replaced-<time>/ and start this one")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
                    help="override config fields, e.g. --set train.lr=1e-3 train.max_steps=500")

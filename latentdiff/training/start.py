@@ -42,8 +42,11 @@ def resume_state(out_dir: Path, ckpt_dir: Path, run_config: dict, say: Callable 
     if not checkpoint_exists(ckpt_dir):
         old_config = out_dir / "config.json"
         if old_config.is_file():  # a run that never checkpointed, or another run's leftovers
-            check_resume(json.loads(old_config.read_text()), run_config,
-                         f"{out_dir} (it holds the config.json of a run with no checkpoint)")
+            try:
+                old = json.loads(old_config.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{old_config} is not valid JSON ({err}); repair or remove it") from None
+            check_resume(old, run_config, f"{out_dir} (it holds the config.json of a run with no checkpoint)")
         return None
     state = load_checkpoint(ckpt_dir, trainer_state=True)
     if state.trainer_state is None:
