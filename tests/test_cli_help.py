@@ -27,20 +27,11 @@ from latentdiff.sampling import SAMPLERS, get_sampler
 from latentdiff.sampling.fitted import fit_sigmas
 from latentdiff.schedules import SPACINGS
 
+from clirun import run_cli
+
 
 def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    """``latentdiff ARGV`` in-process -> (exit code, stdout, stderr incl. the SystemExit message)."""
-    capsys.readouterr()
-    code, message = 0, ""
-    try:
-        main(argv)
-    except SystemExit as exit_:
-        if isinstance(exit_.code, int) or exit_.code is None:
-            code = exit_.code or 0
-        else:
-            code, message = 1, f"{exit_.code}\n"
-    out, err = capsys.readouterr()
-    return code, out, err + message
+    return run_cli(capsys, argv)
 
 
 @pytest.fixture(scope="module")

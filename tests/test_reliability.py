@@ -19,6 +19,8 @@ import torch
 from latentdiff.cli.main import main
 from latentdiff.io.checkpoint import load_checkpoint
 
+from clirun import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train", "--preset", "tiny", "--set", "train.checkpoint_every=1", "train.max_steps=3",
         "train.sample_every=100", "sample.n_grid=10", "sample.steps=2"]
@@ -40,18 +42,8 @@ def all_bytes(folder: Path) -> dict[str, bytes]:
 
 def cli(args: list[str], capsys) -> tuple[int, str]:
     """Run the CLI in this process: (exit code, stderr); ``capsys.stdout`` keeps its stdout."""
-    capsys.readouterr()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:  # an error's line is the SystemExit message, printed by Python at exit
-        code = exit_.code if isinstance(exit_.code, int) else 1
-        message = exit_.code if isinstance(exit_.code, str) else ""
-    else:
-        message = ""
-    captured = capsys.readouterr()
-    capsys.stdout = captured.out
-    return code, captured.err + (message + "\n" if message else "")
+    code, capsys.stdout, err = run_cli(capsys, args)
+    return code, err
 
 
 def error_line(stderr: str) -> str:

@@ -36,6 +36,8 @@ from latentdiff.presets import get_preset
 from latentdiff.sampling import SAMPLERS
 from latentdiff.schedules import SPACINGS
 
+from clirun import run_cli
+
 # Modest example counts, no deadline (tiny models still take ~0.1 s per call), no example database
 # in the repository, the same examples on every run (CI reproducible).
 FEW = settings(max_examples=12, deadline=None, database=None, derandomize=True,
@@ -69,20 +71,9 @@ def time_limit(seconds: int, what: str):
 
 
 def cli(capsys, argv: list[str], seconds: int = 60) -> tuple[int, str, str]:
-    """Run ``latentdiff ARGV`` in-process -> (exit code, stdout, stderr), stderr as the process would
-    write it: a ``SystemExit("message")`` is printed by the interpreter at exit, with status 1."""
-    capsys.readouterr()
-    code, message = 0, ""
+    """``run_cli`` with a time limit: (exit code, stdout, stderr)."""
     with time_limit(seconds, "latentdiff " + " ".join(a[:40] for a in argv)):
-        try:
-            main(argv)
-        except SystemExit as exit_:
-            if isinstance(exit_.code, int) or exit_.code is None:
-                code = exit_.code or 0
-            else:
-                code, message = 1, f"{exit_.code}\n"
-    out, err = capsys.readouterr()
-    return code, out, err + message
+        return run_cli(capsys, argv)
 
 
 def error_line(code: int, err: str, command: str) -> str:
