@@ -327,3 +327,17 @@ def test_invalid_json_in_a_run_folder_names_the_file(tmp_path, capsys):
     code, err = cli(train_args(tmp_path), capsys)
     assert code == 1 and f"{tmp_path / 'config.json'} is not valid JSON" in error_line(err), err
     assert (tmp_path / "config.json").read_text() == "{not json"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--set", "train.max_steps=-5"], "train.max_steps must be an integer >= 0; got -5"),
+    (["--minutes", "-1"], "train.max_minutes must be a number of minutes >= 0, or null; got -1.0"),
+    (["--set", "train.batch_size=0"], "train.batch_size must be an integer >= 1; got 0"),
+    (["--set", "train.checkpoint_every=0"], "train.checkpoint_every must be an integer >= 1; got 0"),
+    (["--set", "train.ema_decay=1"], "train.ema_decay must be a number in [0, 1); got 1.0"),
+    (["--set", "train.on_nonfinite=ignore"], "train.on_nonfinite must be stop or skip; got 'ignore'"),
+])
+def test_training_values_are_checked_before_any_work(tmp_path, capsys, flags, message):
+    code, err = cli(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), *flags], capsys)
+    assert code == 1 and error_line(err) == f"latentdiff train: {message}", err
+    assert not (tmp_path / "run").exists()
