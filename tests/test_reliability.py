@@ -3,6 +3,7 @@ divergence, resume rules, one writer per run folder, incomplete checkpoints, a f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -58,16 +59,30 @@ def child(args: list[str], **kwargs) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Bitwise comparisons run with one thread, as the child processes do (OMP_NUM_THREADS=1):
+    float sums split over another number of threads round differently."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, str]:
     """The weights of an uninterrupted run of the command every fault run repeats."""
     out = tmp_path_factory.mktemp("reference")
-    main(train_args(out))
+    with one_thread():
+        main(train_args(out))
     return weights_digest(out / "checkpoint")
 
 
 def test_two_fresh_runs_are_bitwise_equal(tmp_path, reference):
-    main(train_args(tmp_path))
+    with one_thread():
+        main(train_args(tmp_path))
     assert weights_digest(tmp_path / "checkpoint") == reference
 
 
@@ -99,7 +114,8 @@ def test_sigkill_inside_saves_leaves_a_resumable_run(tmp_path, reference, capsys
         if (out / "checkpoint").exists() or (out / "checkpoint.old").exists():
             state = load_checkpoint(out / "checkpoint")  # complete: config, weights, EMA, trainer state
             assert state.trainer_state is not None and 1 <= state.trainer_state["step"] <= 3
-        code, err = cli(train_args(out), capsys)
+        with one_thread():
+            code, err = cli(train_args(out), capsys)
         assert code == 0, err
         assert weights_digest(out / "checkpoint") == reference, f"killed at filesystem step {k} ({kind})"
 
