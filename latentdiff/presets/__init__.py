@@ -1,0 +1,67 @@
+"""Named, documented run presets: a ``RunConfig`` is everything a training run and its sampling need.
+
+``latentdiff presets`` lists them; ``latentdiff train --preset NAME --set train.lr=1e-3`` overrides
+any field. The config is saved with every checkpoint, so a checkpoint rebuilds its own model.
+One module per family: ``diffusion`` (pixel, latent, text-to-image), ``autoencoders``,
+``controlnet``, ``dmd``, ``cascade`` (super-resolution); the config classes in ``configs``.
+"""
+
+from __future__ import annotations
+
+from latentdiff.presets.autoencoders import fmnist_vae, fmnist_vqvae, shapes_vae, tiny_vae
+from latentdiff.presets.configs import (AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, PairsConfig,
+                                        RunConfig, SampleConfig, check_sampling, is_autoencoder_config,
+                                        is_controlnet_config, is_dmd_config)
+from latentdiff.presets.controlnet import (fmnist_controlnet_edges, shapes_controlnet_edges, shapes_controlnet_mask,
+                                           tiny_controlnet)
+from latentdiff.presets.diffusion import (fmnist_ddpm, fmnist_ddpm_paper, fmnist_iddpm, fmnist_ldm, fmnist_t2i,
+                                          shapes_t2i, tiny, tiny_ldm, tiny_t2i)
+from latentdiff.presets.dmd import fmnist_dmd, fmnist_dmd2, tiny_dmd, tiny_dmd2
+
+PRESETS = {
+    "fmnist-ddpm": fmnist_ddpm,
+    "fmnist-vae": fmnist_vae,
+    "fmnist-vqvae": fmnist_vqvae,
+    "fmnist-ldm": fmnist_ldm,
+    "shapes-vae": shapes_vae,
+    "shapes-t2i": shapes_t2i,
+    "fmnist-t2i": fmnist_t2i,
+    "shapes-controlnet-edges": shapes_controlnet_edges,
+    "shapes-controlnet-mask": shapes_controlnet_mask,
+    "fmnist-controlnet-edges": fmnist_controlnet_edges,
+    "tiny-vae": tiny_vae,
+    "tiny-t2i": tiny_t2i,
+    "tiny-controlnet": tiny_controlnet,
+    "fmnist-dmd": fmnist_dmd,
+    "fmnist-dmd2": fmnist_dmd2,
+    "tiny-dmd": tiny_dmd,
+    "tiny-dmd2": tiny_dmd2,
+    "tiny-ldm": tiny_ldm,
+    "fmnist-ddpm-paper": fmnist_ddpm_paper,
+    "fmnist-iddpm": fmnist_iddpm,
+    "tiny": tiny,
+}
+
+
+def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig | DMDRunConfig:
+    """The preset called ``name``; unknown names list the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def run_config_from_dict(config: dict) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig | DMDRunConfig:
+    """A run's config dict (a checkpoint's or run folder's config.json) as its config class, by its ``task``."""
+    kinds = ((is_autoencoder_config, AutoencoderRunConfig), (is_controlnet_config, ControlNetRunConfig),
+             (is_dmd_config, DMDRunConfig))
+    cls = next((cls for test, cls in kinds if test(config)), RunConfig)
+    return cls.from_dict(config)
+
+
+def describe_presets() -> list[tuple[str, str]]:
+    return [(name, make().description) for name, make in PRESETS.items()]
+
+
+__all__ = ["AutoencoderRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig", "RunConfig",
+           "SampleConfig", "check_sampling", "describe_presets", "get_preset", "is_autoencoder_config",
+           "is_controlnet_config", "is_dmd_config", "run_config_from_dict"]
