@@ -1,4 +1,5 @@
-"""Datasets: Fashion-MNIST, image folders and the procedural ``shapes``, with one dict interface.
+"""Datasets: Fashion-MNIST, image folders, the procedural ``shapes`` and scikit-image photo crops
+(``photos``), with one dict interface.
 
 Every dataset here keeps decoded uint8 images in memory and exposes
 
@@ -18,10 +19,13 @@ from torch.utils.data import Dataset
 from ..config import Config
 from .fashion_mnist import CLASS_NAMES, FashionMNIST, class_caption, read_idx
 from .image_folder import ImageFolder, _scan
+from .photos import PhotoCrops
+from .resized import Downsampled
 from .shapes import ShapesDataset, held_out_prompts
 
-DATASET_NAMES = ("fmnist", "folder", "shapes")
+DATASET_NAMES = ("fmnist", "folder", "shapes", "photos")
 SHAPES_DEFAULT_SIZE = {"train": 50_000, "test": 5_000}
+PHOTOS_DEFAULT_SIZE = {"train": 20_000, "test": 1_000}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +33,15 @@ class DataConfig(Config):
     """Which dataset to load.
 
     Attributes:
-        name: ``"fmnist"``, ``"folder"`` or ``"shapes"``.
+        name: ``"fmnist"``, ``"folder"``, ``"shapes"`` or ``"photos"`` (crops of scikit-image's photographs).
         root: data folder; None means the default (Fashion-MNIST only).
         image_size: side S of the images.
         channels: 1 (grey) or 3 (RGB); Fashion-MNIST is always 1, ``shapes`` always 3.
-        n: ``shapes`` only: images per split (None: 50,000 train, 5,000 test).
-        seed: ``shapes`` only: the generator's seed.
+        n: ``shapes``, ``photos``: images per split (None: 50,000 / 20,000 train, 5,000 / 1,000 test).
+        seed: ``shapes``, ``photos``: the generator's seed.
+        source_size: read (draw, crop) the images at this size, then downsample them (antialiased
+            bicubic) to ``image_size``: what a cascade's base model is trained on; None: read at
+            ``image_size``.
         class_names: ``folder`` only: the class folders in label order, filled in from the data
             when a run starts (``data.resolve.resolve_data``) and saved with the checkpoint, so that
             ``sample --class-label NAME`` works; () = unlabelled, or not resolved yet.
@@ -47,6 +54,7 @@ class DataConfig(Config):
     n: int | None = None
     seed: int = 0
     class_names: tuple[str, ...] = ()
+    source_size: int | None = None
 
     def __post_init__(self):
         # checked when the config is made, so a bad ``--set data.*`` fails before a run folder exists
@@ -56,6 +64,8 @@ class DataConfig(Config):
             raise ValueError(f"data.image_size must be at least 1, got {self.image_size}")
         if self.channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels}")
+        if self.source_size is not None and self.source_size < self.image_size:
+            raise ValueError(f"data.source_size={self.source_size} must be at least data.image_size={self.image_size}")
         if len(set(self.class_names)) != len(self.class_names) or not all(self.class_names):
             raise ValueError(f"data.class_names must be distinct non-empty names, got {list(self.class_names)}")
 
@@ -65,7 +75,11 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
 
     A ``"folder"`` dataset uses ``root/<split>`` when ``root`` has both
     ``train`` and ``test`` subfolders, else the whole of ``root`` for any split.
+    With ``source_size`` the images are read at that size and downsampled (``resized.Downsampled``).
     """
+    if cfg.source_size is not None and cfg.source_size != cfg.image_size:
+        full = build_dataset(cfg.replace(image_size=cfg.source_size, source_size=None), split)
+        return Downsampled(full, cfg.image_size)
     if cfg.name == "fmnist":
         if cfg.channels != 1:
             raise ValueError(f"Fashion-MNIST has 1 channel, DataConfig.channels={cfg.channels}")
@@ -86,6 +100,11 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
             raise ValueError(f"shapes images have 3 channels, DataConfig.channels={cfg.channels}")
         n = cfg.n if cfg.n is not None else SHAPES_DEFAULT_SIZE.get(split, 5_000)
         return ShapesDataset(n=n, image_size=cfg.image_size, split=split, seed=cfg.seed)
+    if cfg.name == "photos":
+        if cfg.channels != 3:
+            raise ValueError(f"photo crops have 3 channels, DataConfig.channels={cfg.channels}")
+        n = cfg.n if cfg.n is not None else PHOTOS_DEFAULT_SIZE.get(split, 1_000)
+        return PhotoCrops(n=n, image_size=cfg.image_size, split=split, seed=cfg.seed)
     raise ValueError(f"unknown dataset name {cfg.name!r}; valid names: {list(DATASET_NAMES)}")
 
 
@@ -130,8 +149,10 @@ __all__ = [
     "CLASS_NAMES",
     "DATASET_NAMES",
     "DataConfig",
+    "Downsampled",
     "FashionMNIST",
     "ImageFolder",
+    "PhotoCrops",
     "ShapesDataset",
     "build_dataset",
     "class_caption",
