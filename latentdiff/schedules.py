@@ -46,6 +46,13 @@ def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> to
     return torch.tensor(betas, dtype=torch.float64)
 
 
+def cosine_alpha_bar(u: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    """The continuous cosine schedule (Nichol & Dhariwal 2021, eq. 17) at times u in [0, 1]:
+    alpha_bar(u) = f(u) / f(0), f(u) = cos^2(((u + s)/(1 + s)) pi/2); exactly 1 at u = 0 and 0 at u = 1."""
+    f = lambda v: torch.cos((v + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return (f(u.double()) / f(torch.zeros((), dtype=torch.float64))).clamp(0, 1).to(u.dtype)
+
+
 def make_betas(name: str, T: int = 1000) -> torch.Tensor:
     """Betas by schedule name (``linear``, ``cosine``, ``scaled_linear``). Shape (T,), float64."""
     table = {"linear": linear_betas, "cosine": cosine_betas, "scaled_linear": scaled_linear_betas}

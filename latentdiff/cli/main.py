@@ -1,4 +1,4 @@
-"""``latentdiff {train,sample,eval,demo,presets,config,samplers,bench}``: parse -> config -> one library call."""
+"""``latentdiff {train,sample,upscale,eval,demo,presets,config,samplers,bench}``: parse -> config -> one library call."""
 
 from __future__ import annotations
 
@@ -72,9 +72,13 @@ def sampling_options(args, s) -> dict:
 
 
 def cmd_sample(args) -> None:
-    from latentdiff.cli.checks import check_sampling_args, prompt_rows
+    from latentdiff.cli.cascade import stage_options
+    from latentdiff.cli.checks import check_sampling_args, check_output_path, prompt_rows
 
     check_sampling_args(args)  # before anything is loaded
+    if args.upscaler:
+        stage_options(args)
+        check_output_path("--stages-out", args.stages_out and args.stages_out + "_stage0.png")
     import torch
 
     from latentdiff.data import grid_prompts
@@ -100,6 +104,10 @@ def cmd_sample(args) -> None:
         prompts = [p for p in shown for _ in range(args.n // len(shown))]  # exactly n
     elif args.prompt is not None:
         sys.exit(f"{args.ckpt} is not a text-to-image model: --prompt needs one")
+    if args.upscaler:
+        from latentdiff.cli.cascade import sample_cascade
+
+        return sample_cascade(args, denoiser, autoencoder, cfg, labels, prompts, shown, sampling_options(args, s))
     strip = TrajectoryStrip(rows=min(len(prompts or range(args.n)), 8)) if args.trajectory else None
     images = generate(denoiser, len(prompts) if prompts else args.n, class_labels=labels, prompts=prompts,
                       negative_prompt=args.negative_prompt, text_encoder=text_encoder_for(cfg),
@@ -306,6 +314,8 @@ def _controlnet_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from latentdiff.cli.cascade import add_cascade_args, add_upscale_parser
+
     parser = _Parser(prog="latentdiff", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="print the full traceback of an error "
                         "(also LATENTDIFF_DEBUG=1)")
@@ -370,8 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet: last step fraction controlled, "
                    "in (0, 1]")
     _controlnet_arg(p)
+    add_cascade_args(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_sample)
+    add_upscale_parser(sub, _sampling_args)
 
     p = sub.add_parser("eval", help="FD-EffNet (with floor) and class accuracy of a checkpoint's samples; for an "
                        "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use; "

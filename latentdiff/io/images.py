@@ -93,6 +93,15 @@ def save_grid(
     return path
 
 
+def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Save one (C, H, W) image in [-1, 1] as a PNG at its own size (grey for C = 1); folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = to_uint8(image[None])[0]
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path, format="PNG")
+    return path
+
+
 def save_prompt_rows(images: torch.Tensor, prompts: list[str], path: str | os.PathLike,
                      title: str | None = None) -> Path:
     """A figure with one row per prompt: the prompt, then its samples. ``images`` (P * K, C, H, W)

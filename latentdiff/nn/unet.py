@@ -10,6 +10,10 @@ Self-attention sits at the feature-map sizes listed in ``attention_resolutions``
 placed before the text tokens of every sample, so a sample with no text (``text_mask`` all False,
 or no ``text`` at all: the empty prompt, classifier-free guidance's unconditional branch) attends
 to it alone (the learned null embedding of CFG training; Ho & Salimans 2022).
+With ``low_res_channels`` > 0 the U-Net is a super-resolution model (SR3, Saharia et al. 2021; CDM;
+Imagen): the low-resolution image is upsampled to the input's size (``nn.superres``) and
+concatenated to it on channels, and its noise-augmentation level ``aug_level`` in [0, 1] has a
+sinusoidal embedding of its own, added to the time embedding (Imagen, section 2.5).
 With ``patch_size`` p > 1 the image is folded into p x p patches first (space-to-depth,
 as Hoogeboom et al. 2023 do for high resolutions), so every level runs at 1/p the size.
 """
@@ -25,6 +29,7 @@ from torch import nn
 from latentdiff.config import Config
 from latentdiff.nn.blocks import Downsample, EmbedSequential, ResBlock, Upsample, attention_layers, res_stage
 from latentdiff.nn.layers import TimestepMLP, group_norm, zero_module
+from latentdiff.nn.superres import AUG_LEVEL_SCALE, low_res_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,7 @@ class UNetConfig(Config):
     context_dim: int = 0                  # > 0: cross-attention on text tokens (B, L, context_dim) at every attention
     pooled_dim: int = 0                   # > 0: a pooled text embedding (B, pooled_dim) joins the time embedding
     transformer: bool = False             # attention as Stable Diffusion's transformer layers (nn/attention.py)
+    low_res_channels: int = 0             # > 0: super-resolution: a low-res image of these channels joins the input
 
     def __post_init__(self):
         # sizes a network cannot have, refused by name when the config is made (not as a torch error)
@@ -55,7 +61,7 @@ class UNetConfig(Config):
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ValueError(f"model.channel_mult must be a non-empty list of integers >= 1, "
                              f"got {list(self.channel_mult)}")
-        for name in ("num_classes", "context_dim", "pooled_dim"):
+        for name in ("num_classes", "context_dim", "pooled_dim", "low_res_channels"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
@@ -77,11 +83,12 @@ class UNetEncoder(nn.Module):
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
         self.null_token = nn.Parameter(torch.zeros(1, 1, cfg.context_dim)) if cfg.context_dim else None
+        self.aug_embed = TimestepMLP(ch, emb_dim) if cfg.low_res_channels else None
         self.stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
                           groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                           context_dim=cfg.context_dim, transformer=cfg.transformer)
 
-        self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d((cfg.in_channels + cfg.low_res_channels) * p * p, ch, 3, padding=1)
         self.down = nn.ModuleList()
         self.skip_channels, width, res = [ch], ch, cfg.image_size // p
         for level, mult in enumerate(cfg.channel_mult):
@@ -103,8 +110,11 @@ class UNetEncoder(nn.Module):
         ])
 
     def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None,
-              pooled: torch.Tensor | None = None) -> torch.Tensor:
+              pooled: torch.Tensor | None = None, aug_level: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_embed(t)
+        if self.aug_embed is not None:  # no level given: 0, the clean low-res input
+            aug_level = torch.zeros_like(t) if aug_level is None else aug_level.to(t.device).expand(t.shape[0])
+            emb = emb + self.aug_embed(aug_level.float() * AUG_LEVEL_SCALE)
         if self.pooled_embed is not None:  # no pooled embedding: the empty prompt's, zero
             pooled = torch.zeros(t.shape[0], self.cfg.pooled_dim, device=t.device) if pooled is None else pooled
             emb = emb + self.pooled_embed(pooled.to(emb.dtype))
@@ -128,14 +138,18 @@ class UNetEncoder(nn.Module):
 
     def encode(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-               pooled: torch.Tensor | None = None, hint: torch.Tensor | None = None):
+               pooled: torch.Tensor | None = None, hint: torch.Tensor | None = None,
+               low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None):
         """-> (skips: list of (B, C_i, H_i, W_i), middle output h, emb (B, E), text, text_mask), the
-        text with the null token in front. ``hint`` (B, channels, H/p, W/p) is added after conv_in."""
+        text with the null token in front. ``hint`` (B, channels, H/p, W/p) is added after conv_in.
+        ``low_res`` (B, low_res_channels, h, w) and ``aug_level`` (B,) for a super-resolution U-Net."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if self.cfg.context_dim:
             text, text_mask = self.context(x.shape[0], text, text_mask)
-        emb = self.embed(t, class_labels, pooled).to(x.dtype)
+        emb = self.embed(t, class_labels, pooled, aug_level).to(x.dtype)
+        if self.cfg.low_res_channels:
+            x = torch.cat([x, low_res_input(low_res, x.shape[-1], self.cfg.low_res_channels).to(x.dtype)], dim=1)
         if self.cfg.patch_size > 1:  # (B, C, H, W) -> (B, C p^2, H/p, W/p)
             x = F.pixel_unshuffle(x, self.cfg.patch_size)
         h = self.conv_in(x)
@@ -150,7 +164,8 @@ class UNetEncoder(nn.Module):
 
 class UNet(UNetEncoder):
     """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None, text (B,L,D) | None,
-    text_mask (B,L) bool | None, pooled (B,D) | None, residuals | None) -> (B, C_out, H, W)``.
+    text_mask (B,L) bool | None, pooled (B,D) | None, residuals | None, low_res (B,C',h,w) | None,
+    aug_level (B,) | None) -> (B, C_out, H, W)``.
     Missing labels mean the null class; missing text means the null token alone. ``residuals``
     (ControlNet's output: one tensor per skip connection, then one for the middle block) are
     added to the skips and to the middle block's output."""
@@ -176,8 +191,10 @@ class UNet(UNetEncoder):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                 text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
-                pooled: torch.Tensor | None = None, residuals: list[torch.Tensor] | None = None) -> torch.Tensor:
-        hs, h, emb, text, text_mask = self.encode(x, t, class_labels, text, text_mask, pooled)
+                pooled: torch.Tensor | None = None, residuals: list[torch.Tensor] | None = None,
+                low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None) -> torch.Tensor:
+        hs, h, emb, text, text_mask = self.encode(x, t, class_labels, text, text_mask, pooled,
+                                                  low_res=low_res, aug_level=aug_level)
         if residuals is not None:
             if len(residuals) != len(hs) + 1:
                 raise ValueError(f"expected {len(hs) + 1} residuals (skips + middle), got {len(residuals)}")

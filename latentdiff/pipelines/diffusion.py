@@ -15,7 +15,9 @@ from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.data.resolve import resolve_data
 from latentdiff.io.checkpoint import load_checkpoint, read_config
 from latentdiff.nn.unet import UNet
+from latentdiff.nn.superres import resample
 from latentdiff.objectives.diffusion import DiffusionLoss
+from latentdiff.objectives.superres import SuperResLoss, augment_at_level
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
@@ -75,13 +77,19 @@ def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
 
 def conditions(denoiser: Denoiser, labels: torch.Tensor | None = None, prompts: list[str] | None = None,
                negative_prompt: str = "", text_encoder=None, control: torch.Tensor | None = None,
-               control_scale: Sequence[float] = (1.0,)) -> tuple[dict, dict]:
+               control_scale: Sequence[float] = (1.0,), shared: dict | None = None) -> tuple[dict, dict]:
     """(cond, uncond) dicts for a batch: class labels (B,) against the null class, prompts (B
     strings) against ``negative_prompt`` ("" = the unconditional model). ``text_encoder`` has
     ``condition(prompts) -> {"text", "text_mask", "pooled"}`` (a TextEncoder or TextTable).
     ``control`` (B, sum C_k, S, S) for a ControlledUNet, one ``control_scale`` per ControlNet: both
-    branches get it, except in guess mode, where the unconditional branch has none (scale 0)."""
+    branches get it, except in guess mode, where the unconditional branch has none (scale 0).
+    ``shared`` entries (a super-resolution stage's ``low_res`` and ``aug_level``) go to both branches:
+    guidance is on the text or label alone."""
     cond, uncond = {}, {}
+    if shared:
+        device = next(denoiser.net.parameters()).device
+        cond.update({k: v.to(device) for k, v in shared.items()})
+        uncond.update({k: v.to(device) for k, v in shared.items()})
     if control is not None:
         device = next(denoiser.net.parameters()).device
         scale = torch.tensor([list(control_scale)], device=device).expand(len(control), -1)
@@ -153,7 +161,8 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
              batch_size: int = 250, progress: bool = False, callback: Callable | None = None,
              bf16: bool = False, sigmas: torch.Tensor | None = None,
              autoencoder: nn.Module | None = None, control: torch.Tensor | None = None,
-             control_scale: Sequence[float] = (1.0,), control_steps: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+             control_scale: Sequence[float] = (1.0,), control_steps: tuple[float, float] = (0.0, 1.0),
+             shared: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Draw n samples (n, C, H, W) in [-1, 1]; with an ``autoencoder`` the sampled latents are decoded.
 
     Noise comes from one CPU generator seeded with ``seed`` (the same images on CPU and GPU,
@@ -168,6 +177,8 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
     ``control`` (n, sum C_k, S, S) in [0, 1], ``control_scale`` one per ControlNet, applied during
     the steps whose fraction lies in ``control_steps`` = (start, end). ``progress`` shows a bar: per
     sampler step when n fits one batch, per image otherwise (and the fitted grid's search first).
+    ``shared``: per-image conditioning (n, ...) that both guidance branches get: a super-resolution
+    stage's ``low_res`` (n, C, h, w) and ``aug_level`` (n,) (``pipelines.cascade.upscale``).
     """
     net_cfg = denoiser.net.cfg
     device = next(denoiser.net.parameters()).device
@@ -191,8 +202,9 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
             labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
             batch_prompts = None if prompts is None else prompts[start:start + batch_size]
             batch_control = None if control is None else control[start:start + batch_size]
+            batch_shared = None if shared is None else {k: v[start:start + batch_size] for k, v in shared.items()}
             cond, uncond = conditions(denoiser, labels, batch_prompts, negative_prompt, text_encoder, batch_control,
-                                      control_scale)
+                                      control_scale, batch_shared)
             model = guided(windowed(denoiser, sigmas, control_steps), cond, uncond, guidance, threshold, percentile)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
@@ -240,6 +252,29 @@ def grid_conditions(cfg: RunConfig, prompts: list[str] | None, n_grid: int | Non
     return labels, grid, n, per_row
 
 
+def superres_grid(cfg: RunConfig, test, text_table=None) -> Callable:
+    """The training grid of a super-resolution run: the first ``n_grid // 2`` test images' low-res
+    copies (bicubic-upsampled, top rows) above the EMA model's upscaled samples of them (bottom rows),
+    with their captions for a text-conditioned stage and the run's default aug level."""
+    k = max(1, cfg.sample.n_grid // 2)
+    real = test.get_batch(torch.arange(min(k, len(test))))["x"]
+    low = resample(real, cfg.model.image_size // cfg.superres.factor)
+    prompts = list(test.captions[:len(real)]) if cfg.text is not None else None
+    s = cfg.sample
+
+    def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
+        images = generate(make_denoiser(ema_model, cfg), len(low), prompts=prompts, text_encoder=text_table,
+                          sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance,
+                          threshold=s.threshold, percentile=s.percentile, bf16=samples_in_bf16(cfg),
+                          shared=augment_at_level(low, cfg.superres.aug_level, seed=1))
+        return torch.cat([resample(low, cfg.model.image_size), images])
+
+    sample_fn.caption = (f"top: low-res test images ({low.shape[-1]} px, bicubic), bottom: upscaled by the EMA "
+                         f"model (aug level {cfg.superres.aug_level:g})")
+    sample_fn.nrow = len(low)
+    return sample_fn
+
+
 @seeded_run
 def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> dict:
     """Train ``cfg`` into the run folder ``out_dir`` (resumes when it holds a checkpoint), the network
@@ -253,6 +288,14 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
         dataset = text_conditioned(cfg, dataset, prompts)
     net = build_backbone(cfg)
     net = net.to(memory_format=training_memory_format(cfg.train.mixed_precision, cpu))
+    if cfg.superres is not None:
+        test = build_dataset(cfg.data, "test")
+        if prompts is not None:  # the grid's test captions join the text table
+            dataset = text_conditioned(cfg, dataset.base, prompts + list(test.captions[:cfg.sample.n_grid]))
+        loss_fn = SuperResLoss(cfg.diffusion, cfg.superres, num_classes=cfg.model.num_classes)
+        trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(),
+                          sample_fn=superres_grid(cfg, test, getattr(dataset, "table", None)), cpu=cpu)
+        return trainer.train()
     loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:

@@ -3,15 +3,16 @@
 ``latentdiff presets`` lists them; ``latentdiff train --preset NAME --set train.lr=1e-3`` overrides
 any field. The config is saved with every checkpoint, so a checkpoint rebuilds its own model.
 One module per family: ``diffusion`` (pixel, latent, text-to-image), ``autoencoders``,
-``controlnet``, ``dmd``, ``cascade`` (super-resolution); the config classes in ``configs``.
+``controlnet``, ``dmd``, ``cascade`` (base, upsamplers, the single-stage comparison); the config classes in ``configs``.
 """
 
 from __future__ import annotations
 
 from latentdiff.presets.autoencoders import fmnist_vae, fmnist_vqvae, shapes_vae, tiny_vae
+from latentdiff.presets.cascade import photo_sr4, shapes64_base, shapes64_single, shapes64_sr, tiny_sr
 from latentdiff.presets.configs import (AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, PairsConfig,
                                         RunConfig, SampleConfig, check_sampling, is_autoencoder_config,
-                                        is_controlnet_config, is_dmd_config)
+                                        is_controlnet_config, is_dmd_config, is_superres_config)
 from latentdiff.presets.controlnet import (fmnist_controlnet_edges, shapes_controlnet_edges, shapes_controlnet_mask,
                                            tiny_controlnet)
 from latentdiff.presets.diffusion import (fmnist_ddpm, fmnist_ddpm_paper, fmnist_iddpm, fmnist_ldm, fmnist_t2i,
@@ -40,6 +41,11 @@ PRESETS = {
     "fmnist-ddpm-paper": fmnist_ddpm_paper,
     "fmnist-iddpm": fmnist_iddpm,
     "tiny": tiny,
+    "shapes64-base": shapes64_base,
+    "shapes64-single": shapes64_single,
+    "shapes64-sr": shapes64_sr,
+    "photo-sr4": photo_sr4,
+    "tiny-sr": tiny_sr,
 }
 
 
@@ -64,4 +70,4 @@ def describe_presets() -> list[tuple[str, str]]:
 
 __all__ = ["AutoencoderRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig", "RunConfig",
            "SampleConfig", "check_sampling", "describe_presets", "get_preset", "is_autoencoder_config",
-           "is_controlnet_config", "is_dmd_config", "run_config_from_dict"]
+           "is_controlnet_config", "is_dmd_config", "is_superres_config", "run_config_from_dict"]

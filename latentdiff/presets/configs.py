@@ -18,6 +18,7 @@ from latentdiff.nn.controlnet import ControlNetConfig
 from latentdiff.nn.unet import UNetConfig
 from latentdiff.objectives.diffusion import DiffusionConfig
 from latentdiff.objectives.dmd import DMDConfig
+from latentdiff.objectives.superres import SuperResConfig
 from latentdiff.training.train_config import TrainConfig
 
 # descriptions for `latentdiff config` of fields whose classes carry no comment on them
@@ -69,7 +70,9 @@ class RunConfig(Config):
     """A diffusion run. ``autoencoder``: an autoencoder checkpoint directory for latent diffusion
     (the U-Net then works on its latents: ``model.in_channels, model.image_size`` must match its
     latent shape); None for pixel space. ``text``: the frozen text encoder of a text-to-image run
-    (the U-Net's ``context_dim`` and ``pooled_dim`` are its width); None without text."""
+    (the U-Net's ``context_dim`` and ``pooled_dim`` are its width); None without text. ``superres``: a
+    super-resolution stage of a cascade (``model.low_res_channels`` = ``model.in_channels``; pixel
+    space): its low-res input is the image downsampled by ``superres.factor``; None otherwise."""
 
     description: str = ""         # one line shown by `latentdiff presets`
     autoencoder: str | None = None  # autoencoder checkpoint for latent diffusion; None: pixel space
@@ -79,6 +82,26 @@ class RunConfig(Config):
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    superres: SuperResConfig | None = None  # a cascade's super-resolution stage; None: not one
+
+    def __post_init__(self):
+        net, sr = self.model, self.superres
+        if sr is None and net.low_res_channels:
+            raise ValueError(f"model.low_res_channels must be 0 without a superres section (got {net.low_res_channels}: "
+                             "a super-resolution U-Net; set superres too)")
+        if sr is not None:
+            if net.low_res_channels != net.in_channels:
+                raise ValueError(f"model.low_res_channels must equal model.in_channels ({net.in_channels}) in a "
+                                 f"super-resolution run, got {net.low_res_channels}")
+            if self.autoencoder is not None:
+                raise ValueError("autoencoder must be null in a super-resolution run (the stage works in pixel space)")
+            if net.image_size % sr.factor:
+                raise ValueError(f"model.image_size must be divisible by superres.factor {sr.factor}, got {net.image_size}")
+
+
+def is_superres_config(config: dict) -> bool:
+    """Whether a diffusion run's config dict is a super-resolution stage's."""
+    return config.get("superres") is not None
 
 
 @dataclasses.dataclass(frozen=True)
