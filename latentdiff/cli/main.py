@@ -50,8 +50,9 @@ def cmd_train(args) -> None:
 
     from latentdiff.cli.train_args import replace_run, train_config
     from latentdiff.pipelines import train_autoencoder_run, train_controlnet_run, train_run
+    from latentdiff.pipelines.clip import train_clip_run
     from latentdiff.pipelines.dmd import train_dmd_run
-    from latentdiff.presets import AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig
+    from latentdiff.presets import AutoencoderRunConfig, CLIPRunConfig, ControlNetRunConfig, DMDRunConfig
     from latentdiff.training import run_lock
 
     with run_lock(args.out) if args.force else contextlib.nullcontext():  # --force: held from the move on
@@ -59,7 +60,7 @@ def cmd_train(args) -> None:
             replace_run(Path(args.out))
         cfg = train_config(args)
         train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
-                 DMDRunConfig: train_dmd_run}.get(type(cfg), train_run)
+                 DMDRunConfig: train_dmd_run, CLIPRunConfig: train_clip_run}.get(type(cfg), train_run)
         summary = train(cfg, args.out)
     print(json.dumps(summary))
 
@@ -165,7 +166,7 @@ def cmd_eval(args) -> None:
     check_sampling_args(args)  # before anything is loaded
     from latentdiff.io.checkpoint import read_config
     from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_autoencoder, load_model
-    from latentdiff.presets import is_autoencoder_config
+    from latentdiff.presets import is_autoencoder_config, is_clip_config
 
     if args.target[0] == "adherence":
         return eval_adherence(args)
@@ -176,7 +177,13 @@ def cmd_eval(args) -> None:
     if len(args.target) != 1:
         sys.exit("usage: latentdiff eval CKPT | latentdiff eval adherence CKPT --prompts FILE")
     ckpt = args.target[0]
-    if is_autoencoder_config(read_config(ckpt)):
+    if is_clip_config(read_config(ckpt)):
+        from latentdiff.pipelines.clip import evaluate_clip, load_clip
+
+        model, clip_cfg, encoder = load_clip(ckpt, use_ema=not args.no_ema)
+        report = {"checkpoint": str(ckpt), "weights": "model" if args.no_ema else "ema",
+                  **evaluate_clip(model, clip_cfg, n=args.n, seed=args.seed, encoder=encoder)}
+    elif is_autoencoder_config(read_config(ckpt)):
         autoencoder, ae_cfg = load_autoencoder(ckpt, use_ema=not args.no_ema)
         report = evaluate_autoencoder(autoencoder, ae_cfg.data, n_fd=args.n, seed=args.seed)
     else:

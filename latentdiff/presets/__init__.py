@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from latentdiff.presets.autoencoders import fmnist_vae, fmnist_vqvae, shapes_vae, tiny_vae
 from latentdiff.presets.cascade import photo_sr4, shapes64_base, shapes64_single, shapes64_sr, tiny_sr
+from latentdiff.presets.clip import CLIPRunConfig, fmnist_clip, is_clip_config, shapes_clip, tiny_clip
 from latentdiff.presets.configs import (AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, PairsConfig,
                                         RunConfig, SampleConfig, check_sampling, is_autoencoder_config,
                                         is_controlnet_config, is_dmd_config, is_superres_config)
@@ -46,6 +47,9 @@ PRESETS = {
     "shapes64-sr": shapes64_sr,
     "photo-sr4": photo_sr4,
     "tiny-sr": tiny_sr,
+    "fmnist-clip": fmnist_clip,
+    "shapes-clip": shapes_clip,
+    "tiny-clip": tiny_clip,
 }
 
 
@@ -59,7 +63,7 @@ def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunCon
 def run_config_from_dict(config: dict) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig | DMDRunConfig:
     """A run's config dict (a checkpoint's or run folder's config.json) as its config class, by its ``task``."""
     kinds = ((is_autoencoder_config, AutoencoderRunConfig), (is_controlnet_config, ControlNetRunConfig),
-             (is_dmd_config, DMDRunConfig))
+             (is_dmd_config, DMDRunConfig), (is_clip_config, CLIPRunConfig))
     cls = next((cls for test, cls in kinds if test(config)), RunConfig)
     return cls.from_dict(config)
 
@@ -68,6 +72,6 @@ def describe_presets() -> list[tuple[str, str]]:
     return [(name, make().description) for name, make in PRESETS.items()]
 
 
-__all__ = ["AutoencoderRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig", "RunConfig",
-           "SampleConfig", "check_sampling", "describe_presets", "get_preset", "is_autoencoder_config",
-           "is_controlnet_config", "is_dmd_config", "is_superres_config", "run_config_from_dict"]
+__all__ = ["AutoencoderRunConfig", "CLIPRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig",
+           "RunConfig", "SampleConfig", "check_sampling", "describe_presets", "get_preset", "is_autoencoder_config",
+           "is_clip_config", "is_controlnet_config", "is_dmd_config", "is_superres_config", "run_config_from_dict"]
