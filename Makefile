@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,11 @@ likelihood: setup
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/likelihood.py --minutes 10 --tol 1e-3 --ode-minutes 12 \
 		--extra fmnist-iddpm-fixed=fmnist-iddpm:diffusion.learned_variance=false \
 		--json benchmarks/results/likelihood.json
+
+# the cascade against one 64 px model at equal training time, the augmentation ablation, photos (~2 h)
+cascade: setup
+	$(BIN)/python benchmarks/cascade.py --minutes 40 --photo-minutes 25 \
+		--json benchmarks/results/cascade.json --png docs/cascade_aug_sweep.png
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
