@@ -101,9 +101,10 @@ class Systems:
         self.args = args
 
     def base_images(self, prompts: list[str], seed: int) -> torch.Tensor:
-        from latentdiff.pipelines import generate, text_encoder_for
+        from latentdiff.pipelines import Conditioning, generate, text_encoder_for
 
-        return generate(self.base, len(prompts), prompts=prompts, text_encoder=text_encoder_for(self.base_cfg),
+        return generate(self.base, len(prompts),
+                        Conditioning(prompts=prompts, text_encoder=text_encoder_for(self.base_cfg)),
                         steps=self.args.base_steps, guidance=self.args.guidance, threshold="dynamic", seed=seed,
                         progress=True)
 
@@ -115,9 +116,10 @@ class Systems:
         return upscale(stage, low, prompts, seed=seed + 1000, progress=True)
 
     def single_images(self, prompts: list[str], seed: int) -> torch.Tensor:
-        from latentdiff.pipelines import generate, text_encoder_for
+        from latentdiff.pipelines import Conditioning, generate, text_encoder_for
 
-        return generate(self.single, len(prompts), prompts=prompts, text_encoder=text_encoder_for(self.single_cfg),
+        return generate(self.single, len(prompts),
+                        Conditioning(prompts=prompts, text_encoder=text_encoder_for(self.single_cfg)),
                         steps=self.args.single_steps, guidance=self.args.guidance, threshold="dynamic", seed=seed,
                         progress=True)
 

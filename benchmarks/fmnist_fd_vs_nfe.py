@@ -20,6 +20,7 @@ import torch
 
 from latentdiff.pipelines import load_denoiser
 from latentdiff.pipelines.evaluate import balanced_labels, evaluate_images
+from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import fit_model_grid, generate, samples_in_bf16
 
 
@@ -52,8 +53,9 @@ def main() -> None:
                            pilot_rmse=fit.pilot_rmse, start=fit.start_spacing, start_rmse=fit.start_rmse,
                            sigmas=[round(float(s), 5) for s in sigmas])
             start = time.perf_counter()
-            images = generate(denoiser, args.n, class_labels=labels, sampler=name, steps=nfe, spacing=spacing,
-                              sigmas=sigmas, guidance=cfg.sample.guidance, seed=args.seed, bf16=samples_in_bf16(cfg))
+            images = generate(denoiser, args.n, Conditioning(class_labels=labels), sampler=name, steps=nfe,
+                              spacing=spacing, sigmas=sigmas, guidance=cfg.sample.guidance, seed=args.seed,
+                              bf16=samples_in_bf16(cfg))
             row["sample_seconds"] = round(time.perf_counter() - start, 1)
             row.update(evaluate_images(images, labels, cfg, seed=args.seed))
             rows.append(row)

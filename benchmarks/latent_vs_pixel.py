@@ -37,6 +37,7 @@ from latentdiff.io.images import make_grid
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_model, train_run
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
+from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import build_backbone, class_grid_labels, generate
 from latentdiff.presets import get_preset
 
@@ -73,7 +74,7 @@ def time_sampling(ckpt: Path, n: int) -> float:
     s = cfg.sample
     labels = torch.arange(n) % cfg.model.num_classes
     start = time.perf_counter()
-    generate(denoiser, n, class_labels=labels, sampler=s.sampler, steps=s.steps, spacing=s.spacing,
+    generate(denoiser, n, Conditioning(class_labels=labels), sampler=s.sampler, steps=s.steps, spacing=s.spacing,
              guidance=s.guidance, bf16=cfg.train.mixed_precision == "bf16", autoencoder=ae)
     return (time.perf_counter() - start) / n
 
@@ -99,8 +100,8 @@ def save_side_by_side(ckpts: dict[str, Path], png: str) -> None:
     for ax, (name, ckpt) in zip(axes, ckpts.items()):
         denoiser, ae, cfg = load_model(ckpt)
         s = cfg.sample
-        images = generate(denoiser, 100, class_labels=class_grid_labels(10, 10), sampler=s.sampler, steps=s.steps,
-                          spacing=s.spacing, guidance=s.guidance, seed=1, autoencoder=ae,
+        images = generate(denoiser, 100, Conditioning(class_labels=class_grid_labels(10, 10)), sampler=s.sampler,
+                          steps=s.steps, spacing=s.spacing, guidance=s.guidance, seed=1, autoencoder=ae,
                           bf16=cfg.train.mixed_precision == "bf16")
         ax.imshow(make_grid(images, nrow=10).squeeze(), cmap="gray")
         ax.set_title(f"{name}: {s.sampler} {s.spacing} {s.steps} steps, guidance {s.guidance:g}")

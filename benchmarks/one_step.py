@@ -30,6 +30,7 @@ import torch
 
 from latentdiff.io.checkpoint import read_config
 from latentdiff.io.images import make_grid
+from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import fit_model_grid, generate, load_model, samples_in_bf16
 from latentdiff.pipelines.evaluate import balanced_labels, evaluate_images, evaluation_prompts
 
@@ -65,24 +66,24 @@ def load_system(ckpt: str):
     return denoiser, autoencoder, cfg, cfg.sample.guidance
 
 
-def conditioning(cfg, n: int) -> dict:
-    """generate() keywords for n balanced class labels or the evaluation prompts; and their labels."""
+def conditioning(cfg, n: int) -> tuple[Conditioning, torch.Tensor | None]:
+    """generate()'s conditioning for n balanced class labels or the evaluation prompts; and their labels."""
     if cfg.text is not None:
         from latentdiff.pipelines.diffusion import text_encoder_for
 
         prompts, labels = evaluation_prompts(cfg, n)
-        return dict(prompts=prompts, text_encoder=text_encoder_for(cfg)), labels
+        return Conditioning(prompts=prompts, text_encoder=text_encoder_for(cfg)), labels
     labels = balanced_labels(n, cfg.model.num_classes) if cfg.model.num_classes else None
-    return dict(class_labels=labels), labels
+    return Conditioning(class_labels=labels), labels
 
 
 def draw(row: dict, n: int, seed: int, sigmas=None, progress: bool = False, system=None):
     """(images (n, C, H, W), labels or None) of this row's system (``system``: load_system's tuple)."""
     model, autoencoder, cfg, guidance = system or load_system(row["ckpt"])
-    kwargs, labels = conditioning(cfg, n)
-    images = generate(model, n, sampler=row["sampler"], steps=row["nfe"], spacing=row["spacing"], sigmas=sigmas,
-                      guidance=guidance, seed=seed, bf16=samples_in_bf16(cfg), autoencoder=autoencoder,
-                      progress=progress, **kwargs)
+    condition, labels = conditioning(cfg, n)
+    images = generate(model, n, condition, sampler=row["sampler"], steps=row["nfe"], spacing=row["spacing"],
+                      sigmas=sigmas, guidance=guidance, seed=seed, bf16=samples_in_bf16(cfg), autoencoder=autoencoder,
+                      progress=progress)
     return images, labels
 
 

@@ -18,6 +18,7 @@ from latentdiff.nn.controlnet import ControlledUNet, ControlNet, ControlNetConfi
 from latentdiff.nn.unet import UNet, UNetConfig
 from latentdiff.objectives.diffusion import DiffusionConfig, DiffusionLoss
 from latentdiff.pipelines.controlnet import load_controlled, load_controlnet, prepare_control
+from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import generate
 from latentdiff.precond import Denoiser
 from latentdiff.sampling import control_sigma_window
@@ -118,11 +119,11 @@ def test_control_applies_only_within_the_chosen_steps(unet):
     controlnet = _randomised(ControlNet.from_unet(unet, CN), 3)
     denoiser = Denoiser(ControlledUNet(unet, [controlnet]), DiscreteSchedule("cosine"), "v")
     _, _, _, control = _inputs(b=2)
-    run = dict(class_labels=torch.tensor([0, 1]), steps=4, seed=1, control=control)
-    off = generate(denoiser, 2, control_scale=(0.0,), **run)
-    torch.testing.assert_close(generate(denoiser, 2, control_steps=(0.5, 0.5), **run), off, rtol=0, atol=0)
-    late = generate(denoiser, 2, control_steps=(0.5, 1.0), **run)
-    full = generate(denoiser, 2, **run)
+    cond, run = Conditioning(class_labels=torch.tensor([0, 1]), control=control), dict(steps=4, seed=1)
+    off = generate(denoiser, 2, cond.replace(control_scale=(0.0,)), **run)
+    torch.testing.assert_close(generate(denoiser, 2, cond.replace(control_steps=(0.5, 0.5)), **run), off, rtol=0, atol=0)
+    late = generate(denoiser, 2, cond.replace(control_steps=(0.5, 1.0)), **run)
+    full = generate(denoiser, 2, cond, **run)
     assert not torch.allclose(late, off) and not torch.allclose(late, full)
 
 

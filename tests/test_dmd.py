@@ -17,7 +17,7 @@ from latentdiff.io.checkpoint import load_checkpoint
 from latentdiff.nn.unet import UNet
 from latentdiff.objectives.dmd import (DistributionMatching, DMDConfig, distribution_matching_grad,
                                        distribution_matching_loss, frozen, sample_noise_level)
-from latentdiff.pipelines import generate, load_model
+from latentdiff.pipelines import Conditioning, generate, load_model
 from latentdiff.pipelines.diffusion import make_denoiser
 from latentdiff.pipelines.dmd import check_teacher, load_student, make_pairs
 from latentdiff.presets import PairsConfig, get_preset
@@ -52,8 +52,8 @@ def test_the_generator_starts_as_the_teachers_one_step_prediction(tiny):
     assert all(p.requires_grad for p in dmd.generator.parameters())
     assert not any(p.requires_grad for p in teacher.parameters())  # the teacher stays frozen
     # one step of the consistency sampler from generate()'s noise is G(z) for the same seed
-    one_step = generate(dmd.generator, 4, class_labels=cond["class_labels"], sampler="consistency", steps=1,
-                        spacing="trailing", seed=7)
+    one_step = generate(dmd.generator, 4, Conditioning(class_labels=cond["class_labels"]), sampler="consistency",
+                        steps=1, spacing="trailing", seed=7)
     z7 = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(one_step, dmd.generate(z7, cond, torch.Generator(), step=0).clamp(-1, 1))
 
@@ -104,8 +104,8 @@ def test_the_regression_pairs_reproduce_the_teachers_sampler(tiny):
     labels = torch.arange(6) % 10
     assert torch.equal(pairs.tensors["label"], labels)
     assert torch.equal(pairs.tensors["z"], torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3)))
-    expected = generate(teacher, 6, class_labels=labels, sampler="ddim", steps=4, spacing="trailing", guidance=2.0,
-                        seed=3)
+    expected = generate(teacher, 6, Conditioning(class_labels=labels), sampler="ddim", steps=4, spacing="trailing",
+                        guidance=2.0, seed=3)
     assert torch.equal(pairs.tensors["x"], expected)
     # and the sampler run by hand from the stored noise gives the same images
     sigmas = sigma_grid(teacher.schedule, 4, "trailing")
@@ -223,7 +223,7 @@ def test_text_and_latent_teachers_distil_through_the_cli(tmp_path):
           f"teacher={tmp_path / 'ldm'}/checkpoint", "--set", "image_size=16"])
     student, autoencoder, cfg = load_model(tmp_path / "ldm-dmd2" / "checkpoint")
     for steps in (1, 2):
-        images = generate(student, 4, class_labels=torch.arange(4), sampler="consistency", steps=steps,
+        images = generate(student, 4, Conditioning(class_labels=torch.arange(4)), sampler="consistency", steps=steps,
                           spacing="trailing", autoencoder=autoencoder)
         assert images.shape == (4, 1, 32, 32) and images.isfinite().all()
     assert (tmp_path / "t2i.png").exists()

@@ -14,7 +14,7 @@ from latentdiff.data.fashion_mnist import class_caption, class_captions
 from latentdiff.eval.adherence import summarize
 from latentdiff.nn.unet import UNet, UNetConfig
 from latentdiff.objectives.diffusion import DiffusionConfig, DiffusionLoss
-from latentdiff.pipelines.diffusion import conditions, guided
+from latentdiff.pipelines.conditions import Conditioning, conditions, guided
 from latentdiff.precond import Denoiser
 from latentdiff.sampling import CFGDenoiser
 from latentdiff.schedules import DiscreteSchedule
@@ -56,7 +56,7 @@ def test_an_empty_prompt_is_the_unconditional_model(denoiser, encoder):
 
 def test_cfg_scale_1_is_conditional_and_scale_0_unconditional_with_text(denoiser, encoder):
     x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 5.0])
-    cond, uncond = conditions(denoiser, prompts=PROMPTS, negative_prompt="", text_encoder=encoder)
+    cond, uncond = conditions(denoiser, Conditioning(prompts=PROMPTS, negative_prompt="", text_encoder=encoder))
     with torch.no_grad():
         conditional, unconditional = denoiser(x, sigma, cond), denoiser(x, sigma, {})
         # the batched two-branch path at an interior scale, then the scales 1 and 0 themselves
@@ -72,7 +72,7 @@ def test_cfg_scale_1_is_conditional_and_scale_0_unconditional_with_text(denoiser
 def test_a_negative_prompt_replaces_the_unconditional_branch(denoiser, encoder):
     x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0])
     negative = "a large green square in the center"
-    cond, uncond = conditions(denoiser, prompts=PROMPTS, negative_prompt=negative, text_encoder=encoder)
+    cond, uncond = conditions(denoiser, Conditioning(prompts=PROMPTS, negative_prompt=negative, text_encoder=encoder))
     with torch.no_grad():
         c, n = denoiser(x, sigma, cond), denoiser(x, sigma, encoder.condition([negative] * 2))
         torch.testing.assert_close(guided(denoiser, cond, uncond, 3.0)(x, sigma, cond), n + 3 * (c - n),

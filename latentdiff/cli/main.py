@@ -84,7 +84,7 @@ def cmd_sample(args) -> None:
 
     from latentdiff.data import grid_prompts
     from latentdiff.io.images import TrajectoryStrip, save_grid, save_prompt_rows
-    from latentdiff.pipelines import generate, load_model, text_encoder_for
+    from latentdiff.pipelines import Conditioning, generate, load_model, text_encoder_for
     from latentdiff.pipelines.controlnet import base_of
 
     base, controlnets = base_of(args.ckpt)
@@ -110,9 +110,11 @@ def cmd_sample(args) -> None:
 
         return sample_cascade(args, denoiser, autoencoder, cfg, labels, prompts, shown, sampling_options(args, s))
     strip = TrajectoryStrip(rows=min(len(prompts or range(args.n)), 8)) if args.trajectory else None
-    images = generate(denoiser, len(prompts) if prompts else args.n, class_labels=labels, prompts=prompts,
-                      negative_prompt=args.negative_prompt, text_encoder=text_encoder_for(cfg),
-                      **sampling_options(args, s), seed=args.seed, progress=True, callback=strip, autoencoder=autoencoder)
+    images = generate(denoiser, len(prompts) if prompts else args.n,
+                      Conditioning(class_labels=labels, prompts=prompts, negative_prompt=args.negative_prompt,
+                                   text_encoder=text_encoder_for(cfg)),
+                      **sampling_options(args, s), seed=args.seed, progress=True, callback=strip,
+                      autoencoder=autoencoder)
     if shown is not None and len(shown) > 1:
         save_prompt_rows(images, shown, args.out)
     else:
@@ -129,7 +131,7 @@ def sample_controlled(args, base: str | None, controlnets: list[str]) -> None:
     import torch
 
     from latentdiff.io.images import save_grid
-    from latentdiff.pipelines import generate, load_controlled, prepare_control, read_control_image, text_encoder_for
+    from latentdiff.pipelines import Conditioning, generate, load_controlled, prepare_control, read_control_image, text_encoder_for
     from latentdiff.pipelines.controlnet import control_images
 
     if not controlnets:
@@ -149,10 +151,12 @@ def sample_controlled(args, base: str | None, controlnets: list[str]) -> None:
     prompts = None if args.guess_mode or cfg.text is None else [args.prompt or ""] * args.n
     if args.prompt is not None and cfg.text is None:
         sys.exit(f"the base model {base or cn_cfgs[0].base} is not a text-to-image model: --prompt needs one")
-    images = generate(denoiser, args.n, prompts=prompts, negative_prompt=args.negative_prompt,
-                      text_encoder=text_encoder_for(cfg) if prompts else None, **sampling_options(args, s),
-                      seed=args.seed, progress=True, autoencoder=autoencoder, control=control.expand(args.n, -1, -1, -1),
-                      control_scale=scales, control_steps=(args.control_start, args.control_end))
+    images = generate(denoiser, args.n,
+                      Conditioning(prompts=prompts, negative_prompt=args.negative_prompt,
+                                   text_encoder=text_encoder_for(cfg) if prompts else None,
+                                   control=control.expand(args.n, -1, -1, -1), control_scale=scales,
+                                   control_steps=(args.control_start, args.control_end)),
+                      **sampling_options(args, s), seed=args.seed, progress=True, autoencoder=autoencoder)
     shown = torch.cat([control_images(c[None], images.shape[1]) for c in control[0].split(1)])
     mode = "guess mode" if args.guess_mode else repr(args.prompt or "")
     save_grid(torch.cat([shown, images]), args.out, nrow=args.nrow,

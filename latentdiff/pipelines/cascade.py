@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from latentdiff.io.checkpoint import read_config
 from latentdiff.objectives.superres import augment_at_level
-from latentdiff.pipelines.diffusion import (conditions, generate, guided, load_denoiser, samples_in_bf16,
-                                            text_encoder_for)
+from latentdiff.pipelines.conditions import Conditioning, conditions, guided
+from latentdiff.pipelines.diffusion import generate, load_denoiser, samples_in_bf16, text_encoder_for
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig, is_superres_config
 from latentdiff.sampling import get_sampler, prior_noise
@@ -93,12 +93,14 @@ def upscale(stage: Stage, low_res: torch.Tensor, prompts: list[str] | None = Non
         text_encoder = text_encoder or text_encoder_for(cfg)
     else:
         prompts = None
-    return generate(stage.denoiser, n, prompts=prompts, negative_prompt=negative_prompt, text_encoder=text_encoder,
+    return generate(stage.denoiser, n,
+                    Conditioning(prompts=prompts, negative_prompt=negative_prompt, text_encoder=text_encoder,
+                                 shared=augment_at_level(low_res, aug_level, seed + 1)),
                     sampler=stage.sampler or s.sampler, steps=stage.steps or s.steps,
-                    spacing=stage.spacing or s.spacing, guidance=s.guidance if stage.guidance is None else stage.guidance,
-                    threshold=s.threshold, percentile=s.percentile, seed=seed, batch_size=batch_size,
-                    progress=progress, bf16=samples_in_bf16(cfg),
-                    shared=augment_at_level(low_res, aug_level, seed + 1))
+                    spacing=stage.spacing or s.spacing,
+                    guidance=s.guidance if stage.guidance is None else stage.guidance, threshold=s.threshold,
+                    percentile=s.percentile, seed=seed, batch_size=batch_size, progress=progress,
+                    bf16=samples_in_bf16(cfg))
 
 
 @torch.no_grad()
@@ -117,8 +119,8 @@ def run_cascade(base: Denoiser, base_cfg: RunConfig, stages: list[Stage], n: int
     base_channels = base_cfg.data.channels if base_cfg.autoencoder else base_cfg.model.in_channels
     check_chain(base_size, base_channels, stages)
     text_encoder = text_encoder_for(base_cfg) if base_cfg.text is not None else None
-    images = generate(base, n, class_labels=class_labels, prompts=prompts, text_encoder=text_encoder, seed=seed,
-                      progress=progress, bf16=samples_in_bf16(base_cfg), autoencoder=autoencoder,
+    images = generate(base, n, Conditioning(class_labels=class_labels, prompts=prompts, text_encoder=text_encoder),
+                      seed=seed, progress=progress, bf16=samples_in_bf16(base_cfg), autoencoder=autoencoder,
                       batch_size=batch_size, **options)
     outputs = [images]
     for k, stage in enumerate(stages):
@@ -151,9 +153,9 @@ def upscale_image(stage: Stage, image: torch.Tensor, prompt: str | None = None, 
                if tiles > 1 else ""))
     aug_level = cfg.superres.aug_level if stage.aug_level is None else stage.aug_level
     prompts = [prompt or ""] * n if cfg.text is not None else None
-    cond, uncond = conditions(stage.denoiser, prompts=prompts, negative_prompt=negative_prompt,
-                              text_encoder=text_encoder_for(cfg) if prompts else None,
-                              shared=augment_at_level(low, aug_level, seed + 1))
+    cond, uncond = conditions(stage.denoiser, Conditioning(
+        prompts=prompts, negative_prompt=negative_prompt, text_encoder=text_encoder_for(cfg) if prompts else None,
+        shared=augment_at_level(low, aug_level, seed + 1)))
     guidance = s.guidance if stage.guidance is None else stage.guidance
     model = guided(TiledSuperRes(stage.denoiser, t, f), cond, uncond, guidance, s.threshold, s.percentile)
     sigmas = sigma_grid(stage.denoiser.schedule, stage.steps or s.steps, stage.spacing or s.spacing)

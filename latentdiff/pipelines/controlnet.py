@@ -17,6 +17,7 @@ from latentdiff.io.images import open_image
 from latentdiff.nn.controlnet import ControlledUNet, ControlNet, ControlNetConfig, resize_control
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
+from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import generate, load_denoiser, make_denoiser, samples_in_bf16, text_conditioned
 from latentdiff.presets import ControlNetRunConfig, is_controlnet_config
 from latentdiff.training.start import seeded_run
@@ -72,10 +73,12 @@ def train_controlnet_run(cfg: ControlNetRunConfig, out_dir: str | Path, cpu: boo
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
         s = cfg.sample
         denoiser = make_denoiser(ControlledUNet(unet, [ema_model]), base_cfg)
-        images = generate(denoiser, k, prompts=grid_prompts if base_cfg.text else None,
-                          text_encoder=getattr(dataset.base, "table", None), sampler=s.sampler, steps=s.steps,
-                          spacing=s.spacing, guidance=s.guidance, threshold=s.threshold, percentile=s.percentile,
-                          bf16=samples_in_bf16(base_cfg), autoencoder=autoencoder, control=grid_maps)
+        images = generate(denoiser, k,
+                          Conditioning(prompts=grid_prompts if base_cfg.text else None,
+                                       text_encoder=getattr(dataset.base, "table", None), control=grid_maps),
+                          sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance,
+                          threshold=s.threshold, percentile=s.percentile, bf16=samples_in_bf16(base_cfg),
+                          autoencoder=autoencoder)
         return torch.cat([control_images(grid_maps, images.shape[1]), images.cpu(), grid_real])
 
     sample_fn.caption = f"rows: {cfg.control.kind} control (held-out) | EMA sample | real image"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
@@ -14,15 +14,15 @@ from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
 from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.data.resolve import resolve_data
 from latentdiff.io.checkpoint import load_checkpoint, read_config
-from latentdiff.nn.unet import UNet
 from latentdiff.nn.superres import resample
+from latentdiff.nn.unet import UNet
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.objectives.superres import SuperResLoss, augment_at_level
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
+from latentdiff.pipelines.conditions import Conditioning, conditions, guided, windowed
 from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
-from latentdiff.sampling import (CFGDenoiser, ControlWindow, ThresholdedDenoiser, control_sigma_window, get_sampler,
-                                 prior_noise)
+from latentdiff.sampling import get_sampler, prior_noise
 from latentdiff.sampling.fitted import FittedGrid, fit_sigmas
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
 from latentdiff.training.start import seeded_run
@@ -75,59 +75,6 @@ def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
-def conditions(denoiser: Denoiser, labels: torch.Tensor | None = None, prompts: list[str] | None = None,
-               negative_prompt: str = "", text_encoder=None, control: torch.Tensor | None = None,
-               control_scale: Sequence[float] = (1.0,), shared: dict | None = None) -> tuple[dict, dict]:
-    """(cond, uncond) dicts for a batch: class labels (B,) against the null class, prompts (B
-    strings) against ``negative_prompt`` ("" = the unconditional model). ``text_encoder`` has
-    ``condition(prompts) -> {"text", "text_mask", "pooled"}`` (a TextEncoder or TextTable).
-    ``control`` (B, sum C_k, S, S) for a ControlledUNet, one ``control_scale`` per ControlNet: both
-    branches get it, except in guess mode, where the unconditional branch has none (scale 0).
-    ``shared`` entries (a super-resolution stage's ``low_res`` and ``aug_level``) go to both branches:
-    guidance is on the text or label alone."""
-    cond, uncond = {}, {}
-    if shared:
-        device = next(denoiser.net.parameters()).device
-        cond.update({k: v.to(device) for k, v in shared.items()})
-        uncond.update({k: v.to(device) for k, v in shared.items()})
-    if control is not None:
-        device = next(denoiser.net.parameters()).device
-        scale = torch.tensor([list(control_scale)], device=device).expand(len(control), -1)
-        cond.update(control=control.to(device), control_scale=scale)
-        guess = getattr(denoiser.net, "guess_mode", False)
-        uncond.update(control=control.to(device), control_scale=torch.zeros_like(scale) if guess else scale)
-    if labels is not None:
-        cond["class_labels"] = labels
-        uncond["class_labels"] = torch.full_like(labels, denoiser.net.cfg.num_classes)
-    if prompts is not None:
-        if text_encoder is None:
-            raise ValueError("prompts need a text_encoder")
-        device = next(denoiser.net.parameters()).device
-        cond.update({k: v.to(device) for k, v in text_encoder.condition(list(prompts)).items()})
-        negative = text_encoder.condition([negative_prompt])  # one encoder pass, shared by the batch
-        uncond.update({k: v.to(device).expand(len(prompts), *v.shape[1:]) for k, v in negative.items()})
-    return cond, uncond
-
-
-def guided(denoiser: Denoiser, cond: dict, uncond: dict, guidance: float, threshold: str = "none",
-           percentile: float = 0.995) -> nn.Module:
-    """The denoiser with classifier-free guidance (when guidance != 1 and there is a condition) and
-    x0 clipping: ``threshold`` none | static ([-1, 1]) | dynamic (Imagen, at ``percentile``)."""
-    model = denoiser if guidance == 1.0 or not cond else CFGDenoiser(denoiser, guidance, uncond)
-    if threshold not in ("none", "static", "dynamic"):
-        raise ValueError(f"threshold must be none, static or dynamic; got {threshold!r}")
-    if threshold != "none":
-        model = ThresholdedDenoiser(model, percentile if threshold == "dynamic" else None)
-    return model
-
-
-def windowed(denoiser: Denoiser, sigmas: torch.Tensor, control_steps: tuple[float, float]) -> nn.Module:
-    """The denoiser with its ControlNets active only in the ``control_steps`` fraction of the grid."""
-    if tuple(control_steps) == (0.0, 1.0):
-        return denoiser
-    return ControlWindow(denoiser, *control_sigma_window(sigmas, *control_steps))
-
-
 @torch.no_grad()
 def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: float = 1.0, n_pilot: int = 32,
                    reference_steps: int = 100, max_evals: int = 40, n_starts: int = 2,
@@ -144,7 +91,7 @@ def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: floa
     g = torch.Generator().manual_seed(seed)
     x_T = prior_noise((n_pilot, net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size), sched.sigma_max, g)
     labels = (torch.arange(n_pilot) % net_cfg.num_classes).to(device) if net_cfg.num_classes else None
-    cond, uncond = conditions(denoiser, labels)
+    cond, uncond = conditions(denoiser, Conditioning(class_labels=labels))
     model = guided(denoiser, cond, uncond, guidance)
     x_T = x_T.to(device)
     x_ref = get_sampler("dpmpp_3m")(model, x_T.clone(), sigma_grid(sched, reference_steps, "logsnr"), cond=cond)
@@ -154,32 +101,26 @@ def fit_model_grid(denoiser: Denoiser, sampler: str, nfe: int, *, guidance: floa
 
 
 @torch.no_grad()
-def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = None,
-             prompts: list[str] | None = None, negative_prompt: str = "", text_encoder=None,
-             sampler: str = "dpmpp_2m", steps: int = 20, spacing: str = "karras", guidance: float = 1.0,
-             threshold: str = "none", percentile: float = 0.995, seed: int = 0,
-             batch_size: int = 250, progress: bool = False, callback: Callable | None = None,
-             bf16: bool = False, sigmas: torch.Tensor | None = None,
-             autoencoder: nn.Module | None = None, control: torch.Tensor | None = None,
-             control_scale: Sequence[float] = (1.0,), control_steps: tuple[float, float] = (0.0, 1.0),
-             shared: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+def generate(denoiser: Denoiser, n: int, conditioning: Conditioning | None = None, *, sampler: str = "dpmpp_2m",
+             steps: int = 20, spacing: str = "karras", guidance: float = 1.0, threshold: str = "none",
+             percentile: float = 0.995, seed: int = 0, batch_size: int = 250, progress: bool = False,
+             callback: Callable | None = None, bf16: bool = False, sigmas: torch.Tensor | None = None,
+             autoencoder: nn.Module | None = None) -> torch.Tensor:
     """Draw n samples (n, C, H, W) in [-1, 1]; with an ``autoencoder`` the sampled latents are decoded.
 
-    Noise comes from one CPU generator seeded with ``seed`` (the same images on CPU and GPU,
-    whatever the batch size). ``class_labels`` (n,) for class-conditional models; ``prompts``
-    (n strings) and a ``text_encoder`` for text-to-image. Guidance other than 1 wraps the denoiser
-    in classifier-free guidance against the null class / the ``negative_prompt`` ("" = none, the
-    unconditional model); ``threshold`` clips its x0 predictions (see ``guided``).
+    ``conditioning`` (``pipelines.conditions.Conditioning``; None: unconditional) holds what the n
+    samples are conditioned on: class labels, prompts with their text encoder and negative prompt,
+    ControlNet controls, a super-resolution stage's low-res input. Noise comes from one CPU
+    generator seeded with ``seed`` (the same images on CPU and GPU, whatever the batch size).
+    Guidance other than 1 wraps the denoiser in classifier-free guidance against the null class /
+    the negative prompt; ``threshold`` clips its x0 predictions (see ``guided``).
     ``bf16`` runs the network under bfloat16 autocast; the sampler's arithmetic stays float32.
     ``sigmas`` (steps + 1,) overrides the grid; steps/spacing are then ignored. ``spacing="fitted"``
     first fits the grid to this model (``fit_model_grid``; measured on the demo model, one busy CPU
-    core: about 4 minutes at 5 steps, 7 at 10). ControlNet (the denoiser's net a ``ControlledUNet``):
-    ``control`` (n, sum C_k, S, S) in [0, 1], ``control_scale`` one per ControlNet, applied during
-    the steps whose fraction lies in ``control_steps`` = (start, end). ``progress`` shows a bar: per
-    sampler step when n fits one batch, per image otherwise (and the fitted grid's search first).
-    ``shared``: per-image conditioning (n, ...) that both guidance branches get: a super-resolution
-    stage's ``low_res`` (n, C, h, w) and ``aug_level`` (n,) (``pipelines.cascade.upscale``).
+    core: about 4 minutes at 5 steps, 7 at 10). ``progress`` shows a bar: per sampler step when n
+    fits one batch, per image otherwise (and the fitted grid's search first).
     """
+    conditioning = conditioning or Conditioning()
     net_cfg = denoiser.net.cfg
     device = next(denoiser.net.parameters()).device
     sample = get_sampler(sampler)
@@ -199,13 +140,9 @@ def generate(denoiser: Denoiser, n: int, *, class_labels: torch.Tensor | None = 
             callback = _stepping(bar, callback)
         for start in range(0, n, batch_size):
             x = x_T[start:start + batch_size].to(device)
-            labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
-            batch_prompts = None if prompts is None else prompts[start:start + batch_size]
-            batch_control = None if control is None else control[start:start + batch_size]
-            batch_shared = None if shared is None else {k: v[start:start + batch_size] for k, v in shared.items()}
-            cond, uncond = conditions(denoiser, labels, batch_prompts, negative_prompt, text_encoder, batch_control,
-                                      control_scale, batch_shared)
-            model = guided(windowed(denoiser, sigmas, control_steps), cond, uncond, guidance, threshold, percentile)
+            cond, uncond = conditions(denoiser, conditioning.rows(start, start + batch_size))
+            model = guided(windowed(denoiser, sigmas, conditioning.control_steps), cond, uncond, guidance, threshold,
+                           percentile)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
             out.append((x if autoencoder is None else autoencoder.decode(x.float())).cpu())
@@ -263,10 +200,11 @@ def superres_grid(cfg: RunConfig, test, text_table=None) -> Callable:
     s = cfg.sample
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
-        images = generate(make_denoiser(ema_model, cfg), len(low), prompts=prompts, text_encoder=text_table,
+        images = generate(make_denoiser(ema_model, cfg), len(low),
+                          Conditioning(prompts=prompts, text_encoder=text_table,
+                                       shared=augment_at_level(low, cfg.superres.aug_level, seed=1)),
                           sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance,
-                          threshold=s.threshold, percentile=s.percentile, bf16=samples_in_bf16(cfg),
-                          shared=augment_at_level(low, cfg.superres.aug_level, seed=1))
+                          threshold=s.threshold, percentile=s.percentile, bf16=samples_in_bf16(cfg))
         return torch.cat([resample(low, cfg.model.image_size), images])
 
     sample_fn.caption = (f"top: low-res test images ({low.shape[-1]} px, bicubic), bottom: upscaled by the EMA "
@@ -301,10 +239,12 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
         labels, grid, n, _ = grid_conditions(cfg, prompts)
         s = cfg.sample
-        return generate(make_denoiser(ema_model, cfg), n, class_labels=labels, prompts=grid,
-                        text_encoder=None if prompts is None else dataset.table, sampler=s.sampler, steps=s.steps,
-                        spacing=s.spacing, guidance=s.guidance, threshold=s.threshold, percentile=s.percentile,
-                        bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
+        return generate(make_denoiser(ema_model, cfg), n,
+                        Conditioning(class_labels=labels, prompts=grid,
+                                     text_encoder=None if prompts is None else dataset.table),
+                        sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance,
+                        threshold=s.threshold, percentile=s.percentile, bf16=samples_in_bf16(cfg),
+                        autoencoder=autoencoder)
 
     if prompts is not None:
         sample_fn.caption = "EMA samples, a row per prompt: " + " | ".join(prompts[:4]) + " | ..."

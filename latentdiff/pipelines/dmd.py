@@ -17,6 +17,7 @@ from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.io.checkpoint import load_checkpoint
 from latentdiff.objectives.dmd import DistributionMatching
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
+from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import (build_backbone, generate, grid_conditions, load_denoiser, make_denoiser,
                                             samples_in_bf16)
 from latentdiff.precond import Denoiser
@@ -68,9 +69,9 @@ def make_pairs(teacher: Denoiser, teacher_cfg: RunConfig, pairs: PairsConfig, gu
     labels, prompts = pair_conditions(teacher_cfg, pairs.n, pairs.seed)
     shape = (pairs.n, teacher_cfg.model.in_channels, teacher_cfg.model.image_size, teacher_cfg.model.image_size)
     z = torch.randn(shape, generator=torch.Generator().manual_seed(pairs.seed))
-    x = generate(teacher, pairs.n, class_labels=labels, prompts=prompts, text_encoder=text_encoder,
-                 sampler=pairs.sampler, steps=pairs.steps, spacing=pairs.spacing, guidance=guidance,
-                 seed=pairs.seed, bf16=samples_in_bf16(teacher_cfg), progress=progress)
+    x = generate(teacher, pairs.n, Conditioning(class_labels=labels, prompts=prompts, text_encoder=text_encoder),
+                 sampler=pairs.sampler, steps=pairs.steps, spacing=pairs.spacing, guidance=guidance, seed=pairs.seed,
+                 bf16=samples_in_bf16(teacher_cfg), progress=progress)
     tensors = {"z": z, "x": x} if labels is None else {"z": z, "x": x, "label": labels}
     return Pairs(tensors, prompts)
 
@@ -143,10 +144,10 @@ def student_grid(cfg: DMDRunConfig, teacher_cfg: RunConfig, autoencoder, prompts
     labels, grid, n, per_row = grid_conditions(teacher_cfg, prompts, cfg.sample.n_grid)
 
     def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
-        return generate(student_denoiser(ema_model, teacher_cfg), n, class_labels=labels, prompts=grid,
-                        text_encoder=table, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
-                        spacing=cfg.sample.spacing, guidance=1.0, bf16=samples_in_bf16(teacher_cfg),
-                        autoencoder=autoencoder)
+        return generate(student_denoiser(ema_model, teacher_cfg), n,
+                        Conditioning(class_labels=labels, prompts=grid, text_encoder=table),
+                        sampler=cfg.sample.sampler, steps=cfg.sample.steps, spacing=cfg.sample.spacing, guidance=1.0,
+                        bf16=samples_in_bf16(teacher_cfg), autoencoder=autoencoder)
 
     sample_fn.caption = f"EMA student, {cfg.sample.steps} step(s), a row per {'prompt' if prompts else 'class'}"
     sample_fn.nrow = per_row

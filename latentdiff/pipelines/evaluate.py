@@ -13,6 +13,7 @@ from latentdiff.eval import class_accuracy, fd_with_floor, load_or_train_classif
 from latentdiff.eval.adherence import score, summarize
 from latentdiff.eval.control import control_fidelity
 from latentdiff.pipelines.controlnet import control_images, dataset_controls
+from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import generate, samples_in_bf16, text_encoder_for
 from latentdiff.precond import Denoiser
 from latentdiff.presets import ControlNetRunConfig, RunConfig
@@ -67,10 +68,12 @@ def evaluate_model(denoiser: Denoiser, cfg: RunConfig, n: int = 1000, *, sampler
         prompts, labels = evaluation_prompts(cfg, n)
         text_encoder = text_encoder or text_encoder_for(cfg)
     start = time.perf_counter()
-    images = generate(denoiser, n, class_labels=labels if cfg.model.num_classes else None, prompts=prompts,
-                      text_encoder=text_encoder, sampler=sampler, steps=steps, spacing=spacing,
-                      guidance=guidance, threshold=s.threshold, percentile=s.percentile, seed=seed,
-                      progress=progress, bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
+    images = generate(denoiser, n,
+                      Conditioning(class_labels=labels if cfg.model.num_classes else None, prompts=prompts,
+                                   text_encoder=text_encoder),
+                      sampler=sampler, steps=steps, spacing=spacing, guidance=guidance, threshold=s.threshold,
+                      percentile=s.percentile, seed=seed, progress=progress, bf16=samples_in_bf16(cfg),
+                      autoencoder=autoencoder)
     seconds = time.perf_counter() - start
     report = evaluate_images(images, labels, cfg, seed=seed)
     report.update(sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
@@ -87,10 +90,11 @@ def evaluate_adherence(denoiser: Denoiser, cfg: RunConfig, prompts: list[str], n
     s = cfg.sample
     guidance = s.guidance if guidance is None else guidance
     repeated = [p for p in prompts for _ in range(n_per_prompt)]
-    images = generate(denoiser, len(repeated), prompts=repeated, text_encoder=text_encoder or text_encoder_for(cfg),
+    images = generate(denoiser, len(repeated),
+                      Conditioning(prompts=repeated, text_encoder=text_encoder or text_encoder_for(cfg)),
                       sampler=sampler or s.sampler, steps=steps or s.steps, spacing=spacing or s.spacing,
-                      guidance=guidance, threshold=s.threshold, percentile=s.percentile, seed=seed,
-                      progress=progress, bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
+                      guidance=guidance, threshold=s.threshold, percentile=s.percentile, seed=seed, progress=progress,
+                      bf16=samples_in_bf16(cfg), autoencoder=autoencoder)
     scores = [[score(p, images[i * n_per_prompt + k]) for k in range(n_per_prompt)] for i, p in enumerate(prompts)]
     report = summarize(prompts, scores)
     report.update(guidance=guidance, n_per_prompt=n_per_prompt, sampler=sampler or s.sampler,
@@ -114,18 +118,19 @@ def evaluate_control(denoiser: Denoiser, cfg: RunConfig, cn_cfg: ControlNetRunCo
     real = test.get_batch(index)
     prompts = [test.captions[i] for i in index.tolist()] if cfg.text is not None else None
     labels = real["label"] if cfg.model.num_classes else None
-    common = dict(class_labels=labels, prompts=prompts, sampler=sampler or s.sampler, steps=steps or s.steps,
-                  spacing=s.spacing, guidance=s.guidance if guidance is None else guidance, threshold=s.threshold,
+    condition = Conditioning(class_labels=labels, prompts=prompts, control=control,
+                             text_encoder=(text_encoder or text_encoder_for(cfg)) if prompts is not None else None)
+    common = dict(sampler=sampler or s.sampler, steps=steps or s.steps, spacing=s.spacing,
+                  guidance=s.guidance if guidance is None else guidance, threshold=s.threshold,
                   percentile=s.percentile, seed=seed, progress=progress, bf16=samples_in_bf16(cfg),
-                  autoencoder=autoencoder, control=control,
-                  text_encoder=(text_encoder or text_encoder_for(cfg)) if prompts is not None else None)
+                  autoencoder=autoencoder)
     report = {"kind": cn_cfg.control.kind, "n": n, "seed": seed, "guidance": common["guidance"],
               "sampler": common["sampler"], "steps": common["steps"]}
     pictures = {"held-out control": control_images(control, real["x"].shape[1])}
     train = build_dataset(cfg.data, "train")
     for name, scale, row in (("with_control", 1.0, "with control"),
                              ("without_control", 0.0, "without control (the base model)")):
-        images = generate(denoiser, n, control_scale=(scale,), **common)
+        images = generate(denoiser, n, condition.replace(control_scale=(scale,)), **common)
         generated_maps = control_maps(images, cn_cfg.control)
         report[name] = control_fidelity(cn_cfg.control.kind, generated_maps, maps[index], tolerance)
         report[name].update(fd_with_floor(images, test, train, n=n, seed=seed))
