@@ -260,17 +260,19 @@ def main() -> None:
     level = best["noise"]
 
     def system_report(name: str) -> dict:
+        stages = ("shapes64-base", "shapes64-sr") if name == "cascade" else ("shapes64-single",)
         if name == "cascade":
             fd_images = systems.upscale("noise", base_fd, fd_prompts, 0, level)
             adh_images = systems.upscale("noise", systems.base_images(repeated, 7), repeated, 7, level)
-            minutes = train_minutes(runs / "shapes64-base") + train_minutes(runs / "shapes64-sr")
         else:
             fd_images, adh_images = systems.single_images(fd_prompts, 0), systems.single_images(repeated, 7)
-            minutes = train_minutes(runs / "shapes64-single")
+        minutes = {run: train_minutes(runs / run) for run in stages}
+        steps = {run: train_steps(runs / run) for run in stages}
         torch.save(adh_images, parts / f"{name}-adherence-images.pt")  # for the README figure
         return fd_report(fd_images) | {k: v for k, v in adherence(adh_images, held_out, args.k).items()
                                        if k in ("single_object_all_correct", "two_object_all_correct",
-                                                "all_correct", "attributes")} | {"train_minutes": minutes}
+                                                "all_correct", "attributes")} | {
+            "train_minutes": sum(minutes.values()), "train_minutes_per_run": minutes, "train_steps_per_run": steps}
 
     report = {name: cached(parts / f"{name}.json", lambda name=name: system_report(name))
               for name in ("cascade", "single")}
