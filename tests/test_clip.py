@@ -212,3 +212,22 @@ def test_load_clip_refuses_another_kind_of_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "ckpt", {"task": "autoencoder"}, {"w": torch.zeros(1)})
     with pytest.raises(ValueError, match="not a CLIP checkpoint"):
         load_clip(tmp_path / "ckpt", text_encoder=False)
+
+
+def test_clip_score_of_a_text_to_image_model_through_the_cli(tiny_run, tmp_path, capsys):
+    from clirun import run_cli
+    from latentdiff.cli.main import main
+
+    run, _ = tiny_run
+    main(["train", "--preset", "tiny-t2i", "--out", str(tmp_path / "t2i"), "--set", "train.max_steps=2"])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red circle in the center\na large blue square left of a small green triangle\n")
+    out = tmp_path / "score.json"
+    code, _, err = run_cli(capsys, ["eval", "clip-score", str(tmp_path / "t2i" / "checkpoint"), "--clip",
+                                    str(run / "checkpoint"), "--prompts", str(prompts), "--n-per-prompt", "2",
+                                    "--steps", "2", "--json", str(out)])
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert -100 <= report["clip_score"] <= 100 and report["n_prompts"] == 2 and report["n_per_prompt"] == 2
+    code, _, err = run_cli(capsys, ["eval", "clip-score", str(tmp_path / "t2i" / "checkpoint")])
+    assert code == 1 and "--clip" in err

@@ -178,6 +178,8 @@ def cmd_eval(args) -> None:
         return eval_control(args)
     if args.target[0] == "nll":
         return eval_nll(args)
+    if args.target[0] == "clip-score":
+        return eval_clip_score(args)
     if len(args.target) != 1:
         sys.exit("usage: latentdiff eval CKPT | latentdiff eval adherence CKPT --prompts FILE")
     ckpt = args.target[0]
@@ -220,6 +222,21 @@ def eval_adherence(args) -> None:
     _write_json(args.json, report)
     if args.png:
         save_prompt_rows(images, prompts, args.png, title=f"guidance {report['guidance']:g}")
+
+
+def eval_clip_score(args) -> None:
+    """``eval clip-score CKPT --clip CLIP --prompts FILE``: the CLIP score of a text-to-image model."""
+    from latentdiff.data.shapes import held_out_prompts
+    from latentdiff.pipelines.clip import evaluate_clip_score
+
+    if len(args.target) != 2 or not args.clip:
+        sys.exit("usage: latentdiff eval clip-score CKPT --clip CLIP_CKPT [--prompts FILE] [--n-per-prompt K]")
+    prompts = ([line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+               if args.prompts else held_out_prompts())
+    report = evaluate_clip_score(args.target[1], args.clip, prompts, args.n_per_prompt, seed=args.seed,
+                                 sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance)
+    print(json.dumps(report, indent=2))
+    _write_json(args.json, report)
 
 
 def eval_nll(args) -> None:
@@ -400,13 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use; "
                        "`eval adherence CKPT`: prompt adherence of a shapes text-to-image model; "
                        "`eval control CKPT --controlnet CN`: control fidelity (edge F1 / mask IoU) and FD; "
-                       "`eval nll CKPT --method vlb|ode|both`: test-split bits/dim (variational bound, PF-ODE)")
-    p.add_argument("target", nargs="+", metavar="[adherence|control|nll] CKPT",
-                   help="a checkpoint directory (RUN/checkpoint), after adherence, control or nll for those measures")
+                       "`eval nll CKPT --method vlb|ode|both`: test-split bits/dim (variational bound, PF-ODE); "
+                       "`eval clip-score CKPT --clip CLIP`: CLIP score of a text-to-image model's samples; "
+                       "for a CLIP checkpoint: zero-shot accuracy and retrieval recall")
+    p.add_argument("target", nargs="+", metavar="[adherence|control|nll|clip-score] CKPT",
+                   help="a checkpoint directory (RUN/checkpoint), after adherence, control, nll or clip-score for "
+                   "those measures")
     p.add_argument("--n", type=int, default=1000, help="number of samples (and real images) compared")
     p.add_argument("--json", help="write the numbers to this JSON file")
-    p.add_argument("--prompts", help="adherence: a file of prompts, one per line (default: the held-out prompts)")
-    p.add_argument("--n-per-prompt", type=int, default=16, help="adherence: samples per prompt")
+    p.add_argument("--prompts", help="adherence, clip-score: a file of prompts, one per line (default: the "
+                   "held-out shapes prompts)")
+    p.add_argument("--clip", metavar="CLIP", help="clip-score: the CLIP-style checkpoint that scores the samples "
+                   "(latentdiff train --preset shapes-clip)")
+    p.add_argument("--n-per-prompt", type=int, default=16, help="adherence, clip-score: samples per prompt")
     p.add_argument("--png", help="adherence, control: also save a figure of samples")
     p.add_argument("--method", choices=("vlb", "ode", "both"), default="vlb",
                    help="nll: the variational bound, the probability-flow ODE likelihood, or both")

@@ -127,3 +127,41 @@ def evaluate_clip(model: CLIPModel, cfg: CLIPRunConfig, n: int | None = None, se
     report[f"{name}_recall_chance"] = recall["chance@1"]
     report[f"{name}_n_captions"] = recall["n_captions"]
     return report
+
+
+def images_for_clip(images: torch.Tensor, cfg: CLIPRunConfig) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] as the CLIP model reads them: resized (antialiased bicubic) to
+    its side and converted to its channels (grey repeated to RGB, RGB averaged to grey)."""
+    from latentdiff.nn.superres import resample
+
+    images = resample(images.float(), cfg.clip.image_size)
+    if images.shape[1] != cfg.clip.in_channels:
+        images = images.mean(1, keepdim=True) if cfg.clip.in_channels == 1 else images.expand(-1, 3, -1, -1)
+    return images
+
+
+@torch.no_grad()
+def evaluate_clip_score(ckpt: str | Path, clip_ckpt: str | Path, prompts: list[str], n_per_prompt: int = 4, *,
+                        seed: int = 0, progress: bool = True, **sampling) -> dict:
+    """The CLIP score (100 x mean cosine of image and prompt, with latentdiff's own CLIP-style model
+    ``clip_ckpt``; never comparable with published CLIP scores) of a text-to-image checkpoint's
+    samples: ``n_per_prompt`` of each prompt, with its default sampling unless ``sampling``
+    (generate()'s sampler, steps, guidance, ...) says otherwise."""
+    from latentdiff.clip.metrics import clip_score
+    from latentdiff.pipelines.conditions import Conditioning
+    from latentdiff.pipelines.diffusion import generate, load_model, samples_in_bf16, text_encoder_for
+
+    denoiser, autoencoder, cfg = load_model(ckpt)
+    if cfg.text is None:
+        raise ValueError(f"{ckpt} is not a text-to-image model: a CLIP score needs prompts")
+    model, clip_cfg, encoder = load_clip(clip_ckpt)
+    s = cfg.sample
+    options = dict(sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance, threshold=s.threshold,
+                   percentile=s.percentile)
+    options.update({k: v for k, v in sampling.items() if v is not None})
+    repeated = [p for p in prompts for _ in range(n_per_prompt)]
+    images = generate(denoiser, len(repeated), Conditioning(prompts=repeated, text_encoder=text_encoder_for(cfg)),
+                      seed=seed, progress=progress, bf16=samples_in_bf16(cfg), autoencoder=autoencoder, **options)
+    return {"clip_score": clip_score(model, images_for_clip(images, clip_cfg), repeated, encoder),
+            "clip": str(clip_ckpt), "checkpoint": str(ckpt), "n_prompts": len(prompts), "n_per_prompt": n_per_prompt,
+            "seed": seed, **options}
