@@ -181,7 +181,7 @@ def photo_report(run: Path, n: int, seed: int = 0) -> tuple[dict, dict]:
     return report, rows
 
 
-def sweep_plot(sweep: dict, ablation: dict, path: str) -> None:
+def sweep_plot(sweep: dict, floor: float, floor_n: int, sweep_n: int, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,12 +191,10 @@ def sweep_plot(sweep: dict, ablation: dict, path: str) -> None:
     for kind, points in sweep.items():
         levels = [float(k) for k in points]
         ax.plot(levels, list(points.values()), "o-", label=f"trained with {kind} augmentation")
-    floor = ablation.get("fd_floor")
-    if floor is not None:
-        ax.axhline(floor, color="grey", ls=":", label="floor FD(train, test)")
+    ax.axhline(floor, color="grey", ls=":", label=f"floor FD(train, test) at N = {floor_n} (higher at N = {sweep_n})")
     ax.set_xlabel("sampling aug level s (noise added to the base's samples)")
     ax.set_ylabel("FD-EffNet of the cascade's 64 px output")
-    ax.set_title("Aug-level sweep (base samples of seed 100)")
+    ax.set_title(f"Aug-level sweep (N = {sweep_n} base samples of seed 100)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -292,7 +290,7 @@ def main() -> None:
                         "speed_cascade_over_single": speed["cascade"] / speed["single"]}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
-    sweep_plot(sweep, {"fd_floor": ablation["noise"]["fd_floor"]}, args.png)
+    sweep_plot(sweep, ablation["noise"]["fd_floor"], ablation["noise"]["n_eval"], args.sweep_n, args.png)
     save_prompt_rows(torch.cat(list(rows.values())), list(rows), Path(args.figures) / "photo_sr4.png",
                      title="held-out photo crops, 16 -> 64")
     samples_figure(parts, held_out, args.k, Path(args.figures) / "cascade_samples.png")
