@@ -49,6 +49,19 @@ class Stage:
     def output_size(self) -> int:
         return self.cfg.model.image_size
 
+    @property
+    def level(self) -> float:
+        """The aug level this stage samples at: its own, else the checkpoint's ``superres.aug_level``."""
+        return self.cfg.superres.aug_level if self.aug_level is None else self.aug_level
+
+    def sampling(self) -> dict:
+        """generate()'s sampler, steps, spacing, guidance, threshold and percentile: the stage's, else the
+        checkpoint's defaults."""
+        s = self.cfg.sample
+        return dict(sampler=self.sampler or s.sampler, steps=self.steps or s.steps, spacing=self.spacing or s.spacing,
+                    guidance=s.guidance if self.guidance is None else self.guidance, threshold=s.threshold,
+                    percentile=s.percentile)
+
 
 def load_upscaler(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
                   **sampling) -> Stage:
@@ -81,13 +94,12 @@ def upscale(stage: Stage, low_res: torch.Tensor, prompts: list[str] | None = Non
     ``prompts`` (n strings) for a text-conditioned stage (None: the empty prompt, unconditional);
     guidance (the stage's) is on the text, both branches seeing the same low-res input. The sampled
     noise comes from ``seed``, the augmentation noise from ``seed + 1``."""
-    cfg, s = stage.cfg, stage.cfg.sample
+    cfg = stage.cfg
     n, channels, h, w = low_res.shape
     if channels != cfg.model.in_channels:
         raise ValueError(f"{stage.name} takes {cfg.model.in_channels}-channel images, got {channels} channels")
     if (h, w) != (stage.input_size, stage.input_size):
         raise ValueError(f"{stage.name} upscales {stage.input_size}x{stage.input_size} images, got {h}x{w}")
-    aug_level = cfg.superres.aug_level if stage.aug_level is None else stage.aug_level
     if cfg.text is not None:
         prompts = [""] * n if prompts is None else list(prompts)
         text_encoder = text_encoder or text_encoder_for(cfg)
@@ -95,12 +107,9 @@ def upscale(stage: Stage, low_res: torch.Tensor, prompts: list[str] | None = Non
         prompts = None
     return generate(stage.denoiser, n,
                     Conditioning(prompts=prompts, negative_prompt=negative_prompt, text_encoder=text_encoder,
-                                 shared=augment_at_level(low_res, aug_level, seed + 1)),
-                    sampler=stage.sampler or s.sampler, steps=stage.steps or s.steps,
-                    spacing=stage.spacing or s.spacing,
-                    guidance=s.guidance if stage.guidance is None else stage.guidance, threshold=s.threshold,
-                    percentile=s.percentile, seed=seed, batch_size=batch_size, progress=progress,
-                    bf16=samples_in_bf16(cfg))
+                                 shared=augment_at_level(low_res, stage.level, seed + 1)),
+                    seed=seed, batch_size=batch_size, progress=progress, bf16=samples_in_bf16(cfg),
+                    **stage.sampling())
 
 
 @torch.no_grad()
@@ -140,7 +149,7 @@ def upscale_image(stage: Stage, image: torch.Tensor, prompt: str | None = None, 
     cropped back; a larger one is tiled (``sampling.tiled.TiledSuperRes``: tiles of the training size,
     overlapping by half, blended at every step). ``n`` samples from seeds' noise; the same seed rules
     as :func:`upscale`, which this equals for an image of exactly the input size."""
-    cfg, s = stage.cfg, stage.cfg.sample
+    cfg, o = stage.cfg, stage.sampling()
     t, f = stage.input_size, cfg.superres.factor
     _, channels, h, w = image.shape
     if channels != cfg.model.in_channels:
@@ -151,19 +160,17 @@ def upscale_image(stage: Stage, image: torch.Tensor, prompt: str | None = None, 
             f"is {t}x{t}), output cropped back" if (h, w) != low.shape[-2:] else "")
             + (f"; tiled into {tiles} tiles of {t}x{t} overlapping by half, blended at every step (MultiDiffusion)"
                if tiles > 1 else ""))
-    aug_level = cfg.superres.aug_level if stage.aug_level is None else stage.aug_level
     prompts = [prompt or ""] * n if cfg.text is not None else None
     cond, uncond = conditions(stage.denoiser, Conditioning(
         prompts=prompts, negative_prompt=negative_prompt, text_encoder=text_encoder_for(cfg) if prompts else None,
-        shared=augment_at_level(low, aug_level, seed + 1)))
-    guidance = s.guidance if stage.guidance is None else stage.guidance
-    model = guided(TiledSuperRes(stage.denoiser, t, f), cond, uncond, guidance, s.threshold, s.percentile)
-    sigmas = sigma_grid(stage.denoiser.schedule, stage.steps or s.steps, stage.spacing or s.spacing)
+        shared=augment_at_level(low, stage.level, seed + 1)))
+    model = guided(TiledSuperRes(stage.denoiser, t, f), cond, uncond, o["guidance"], o["threshold"], o["percentile"])
+    sigmas = sigma_grid(stage.denoiser.schedule, o["steps"], o["spacing"])
     generator = torch.Generator().manual_seed(seed)
     x = prior_noise((n, channels, low.shape[-2] * f, low.shape[-1] * f), float(sigmas[0]), generator)
     device = next(stage.denoiser.net.parameters()).device
     with tqdm(total=len(sigmas) - 1, desc=f"upscale {n} x {tiles} tile(s)", disable=not progress) as bar, \
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=samples_in_bf16(cfg)):
-        x = get_sampler(stage.sampler or s.sampler)(model, x.to(device), sigmas, cond=cond, generator=generator,
-                                                   callback=lambda i, *_: bar.update(i + 1 - bar.n))
+        x = get_sampler(o["sampler"])(model, x.to(device), sigmas, cond=cond, generator=generator,
+                                     callback=lambda i, *_: bar.update(i + 1 - bar.n))
     return x[..., :h * f, :w * f].float().cpu().clamp(-1, 1), note

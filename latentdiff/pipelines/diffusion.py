@@ -189,6 +189,23 @@ def grid_conditions(cfg: RunConfig, prompts: list[str] | None, n_grid: int | Non
     return labels, grid, n, per_row
 
 
+def diffusion_grid(cfg: RunConfig, prompts: list[str] | None, text_table, autoencoder: nn.Module) -> Callable:
+    """The training grid of a diffusion run: a row per class or per grid prompt, from the EMA model."""
+    labels, grid, n, _ = grid_conditions(cfg, prompts)
+    s = cfg.sample
+
+    def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
+        return generate(make_denoiser(ema_model, cfg), n,
+                        Conditioning(class_labels=labels, prompts=grid, text_encoder=text_table),
+                        sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance,
+                        threshold=s.threshold, percentile=s.percentile, bf16=samples_in_bf16(cfg),
+                        autoencoder=autoencoder)
+
+    if prompts is not None:
+        sample_fn.caption = "EMA samples, a row per prompt: " + " | ".join(prompts[:4]) + " | ..."
+    return sample_fn
+
+
 def superres_grid(cfg: RunConfig, test, text_table=None) -> Callable:
     """The training grid of a super-resolution run: the first ``n_grid // 2`` test images' low-res
     copies (bicubic-upsampled, top rows) above the EMA model's upscaled samples of them (bottom rows),
@@ -222,32 +239,18 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
     autoencoder = autoencoder_for(cfg)
     dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
     prompts = grid_prompts(cfg.data) if cfg.text is not None else None
-    if prompts is not None:
-        dataset = text_conditioned(cfg, dataset, prompts)
+    test = build_dataset(cfg.data, "test") if cfg.superres is not None else None
+    if prompts is not None:  # an upsampler's grid shows test images: their captions join the text table
+        extra = list(test.captions[:cfg.sample.n_grid]) if test is not None else []
+        dataset = text_conditioned(cfg, dataset, prompts + extra)
     net = build_backbone(cfg)
     net = net.to(memory_format=training_memory_format(cfg.train.mixed_precision, cpu))
     if cfg.superres is not None:
-        test = build_dataset(cfg.data, "test")
-        if prompts is not None:  # the grid's test captions join the text table
-            dataset = text_conditioned(cfg, dataset.base, prompts + list(test.captions[:cfg.sample.n_grid]))
         loss_fn = SuperResLoss(cfg.diffusion, cfg.superres, num_classes=cfg.model.num_classes)
-        trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(),
-                          sample_fn=superres_grid(cfg, test, getattr(dataset, "table", None)), cpu=cpu)
-        return trainer.train()
-    loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
-
-    def sample_fn(ema_model: nn.Module, step: int) -> torch.Tensor:
-        labels, grid, n, _ = grid_conditions(cfg, prompts)
-        s = cfg.sample
-        return generate(make_denoiser(ema_model, cfg), n,
-                        Conditioning(class_labels=labels, prompts=grid,
-                                     text_encoder=None if prompts is None else dataset.table),
-                        sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance,
-                        threshold=s.threshold, percentile=s.percentile, bf16=samples_in_bf16(cfg),
-                        autoencoder=autoencoder)
-
-    if prompts is not None:
-        sample_fn.caption = "EMA samples, a row per prompt: " + " | ".join(prompts[:4]) + " | ..."
+        sample_fn = superres_grid(cfg, test, getattr(dataset, "table", None))
+    else:
+        loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
+        sample_fn = diffusion_grid(cfg, prompts, getattr(dataset, "table", None), autoencoder)
     trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(), sample_fn=sample_fn,
                       cpu=cpu)
     return trainer.train()
