@@ -84,8 +84,8 @@ def sample_cascade(args, denoiser, autoencoder, cfg, labels, prompts, shown, sam
 
 def cmd_upscale(args) -> None:
     """``upscale SR image.png --out big.png``: a user's image through one upscaler."""
-    from latentdiff.cli.checks import check_output_path
-    from latentdiff.io.images import load_image, open_image, save_grid, save_image
+    from latentdiff.cli.checks import check_output_path, read_user_image
+    from latentdiff.io.images import save_grid, save_image
     from latentdiff.pipelines.cascade import load_upscaler, upscale_image
 
     args.upscaler = [args.ckpt]
@@ -96,13 +96,9 @@ def cmd_upscale(args) -> None:
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     check_output_path("--out", args.out)
-    mode = open_image(args.image).mode  # refuses a file that is not an image, by name
     stage = load_upscaler(args.ckpt, use_ema=not args.no_ema, **options)
     channels = stage.cfg.model.in_channels
-    if (mode in ("L", "LA", "I", "I;16", "1", "F")) != (channels == 1):
-        print(f"note: {args.image} is {mode}; converted to {'grey' if channels == 1 else 'RGB'} for this "
-              f"{channels}-channel upscaler", file=sys.stderr)
-    image = load_image(args.image, channels=channels)
+    image = read_user_image(args.image, channels, None, f"this {channels}-channel upscaler")
     if stage.cfg.text is None and args.prompt:
         sys.exit(f"{args.ckpt} is not text-conditioned: --prompt needs a text-conditioned upscaler")
     images, note = upscale_image(stage, image, args.prompt, n=args.n, seed=args.seed, progress=True)

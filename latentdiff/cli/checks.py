@@ -73,3 +73,21 @@ def prompt_rows(prompts: list[str], n: int) -> list[str]:
     images, in rows of equal length, over the most prompts (at most all of them) that divide n."""
     rows = max(k for k in range(1, min(n, len(prompts)) + 1) if n % k == 0)
     return prompts[:rows]
+
+
+def read_user_image(path: str, channels: int, size: int | None, reader: str):
+    """A user's image file as (1, channels, H, W) in [-1, 1], with a note on stderr where it is
+    converted to ``channels`` or resized to ``size`` (None: kept) for ``reader`` (what reads it)."""
+    import sys
+
+    from latentdiff.io.images import load_image, open_image
+
+    image = open_image(path)  # refuses a file that is not an image, by name
+    grey = image.mode in ("L", "LA")
+    if grey != (channels == 1):
+        print(f"note: {path} is {image.mode}; converted to {'grey' if channels == 1 else 'RGB'} for {reader}",
+              file=sys.stderr)
+    if size is not None and image.size != (size, size):
+        print(f"note: {path} is {image.size[0]}x{image.size[1]}; resized to {size}x{size} for {reader}",
+              file=sys.stderr)
+    return load_image(path, size=size, channels=channels)

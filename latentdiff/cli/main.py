@@ -52,7 +52,9 @@ def cmd_train(args) -> None:
     from latentdiff.pipelines import train_autoencoder_run, train_controlnet_run, train_run
     from latentdiff.pipelines.clip import train_clip_run
     from latentdiff.pipelines.dmd import train_dmd_run
-    from latentdiff.presets import AutoencoderRunConfig, CLIPRunConfig, ControlNetRunConfig, DMDRunConfig
+    from latentdiff.pipelines.unclip import train_prior_run
+    from latentdiff.presets import (AutoencoderRunConfig, CLIPRunConfig, ControlNetRunConfig, DMDRunConfig,
+                                    PriorRunConfig)
     from latentdiff.training import run_lock
 
     with run_lock(args.out) if args.force else contextlib.nullcontext():  # --force: held from the move on
@@ -60,7 +62,8 @@ def cmd_train(args) -> None:
             replace_run(Path(args.out))
         cfg = train_config(args)
         train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
-                 DMDRunConfig: train_dmd_run, CLIPRunConfig: train_clip_run}.get(type(cfg), train_run)
+                 DMDRunConfig: train_dmd_run, CLIPRunConfig: train_clip_run,
+                 PriorRunConfig: train_prior_run}.get(type(cfg), train_run)
         summary = train(cfg, args.out)
     print(json.dumps(summary))
 
@@ -87,6 +90,11 @@ def cmd_sample(args) -> None:
     from latentdiff.pipelines import Conditioning, generate, load_model, text_encoder_for
     from latentdiff.pipelines.controlnet import base_of
 
+    if args.prior:
+        from latentdiff.cli.unclip import sample_unclip
+
+        return sample_unclip(args, {k: getattr(args, k) for k in ("sampler", "steps", "spacing", "guidance",
+                                                                  "threshold", "percentile")})
     base, controlnets = base_of(args.ckpt)
     if controlnets or args.controlnet or args.control:
         return sample_controlled(args, base, controlnets + list(args.controlnet or []))
@@ -343,6 +351,7 @@ def _controlnet_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from latentdiff.cli.cascade import add_cascade_args, add_upscale_parser
+    from latentdiff.cli.unclip import add_prior_args, add_unclip_parsers
 
     parser = _Parser(prog="latentdiff", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="print the full traceback of an error "
@@ -409,9 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "in (0, 1]")
     _controlnet_arg(p)
     add_cascade_args(p)
+    add_prior_args(p)
     _sampling_args(p)
     p.set_defaults(func=cmd_sample)
     add_upscale_parser(sub, _sampling_args)
+    add_unclip_parsers(sub, _sampling_args)
 
     p = sub.add_parser("eval", help="FD-EffNet (with floor) and class accuracy of a checkpoint's samples; for an "
                        "autoencoder checkpoint: test-split PSNR, reconstruction FD-EffNet, codebook use; "

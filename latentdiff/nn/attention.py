@@ -68,10 +68,11 @@ class CrossAttention2d(nn.Module):
 def token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head attention on token sequences: q (B, N, C), k and v (B, L, C), mask (B, L) bool
-    (True: attend) -> (B, N, C), softmax(q k^T / sqrt(C / heads)) v for each of ``heads`` heads."""
+    (True: attend), or (B, N, L) for a mask per query, -> (B, N, C), softmax(q k^T / sqrt(C / heads)) v
+    for each of ``heads`` heads."""
     def split(y: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
         return y.unflatten(-1, (heads, -1)).transpose(1, 2)
-    attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+    attn_mask = None if mask is None else (mask[:, None] if mask.ndim == 3 else mask[:, None, None, :]).to(torch.bool)
     h = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_mask)
     return h.transpose(1, 2).flatten(2)
 
@@ -92,7 +93,8 @@ class GEGLU(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer layer on tokens x (B, N, C): self-attention, cross-attention on
     context (B, L, D) when ``context_dim`` > 0, GEGLU feed-forward, each added to x (the layer of
-    Latent Diffusion's and Stable Diffusion's U-Nets, Rombach et al. 2021, appendix E)."""
+    Latent Diffusion's and Stable Diffusion's U-Nets, Rombach et al. 2021, appendix E). ``self_mask``
+    (B, N, N) bool restricts the self-attention (True: query i attends to key j; a causal mask)."""
 
     def __init__(self, dim: int, context_dim: int, heads: int):
         super().__init__()
@@ -106,9 +108,9 @@ class TransformerBlock(nn.Module):
         self.ff = GEGLU(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, self_mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
-        x = x + self.self_out(token_attention(q, k, v, self.heads))
+        x = x + self.self_out(token_attention(q, k, v, self.heads, self_mask))
         if self.kv is not None:
             k, v = self.kv(context.to(x.dtype)).chunk(2, dim=-1)
             x = x + self.cross_out(token_attention(self.q(self.norm2(x)), k, v, self.heads, mask))

@@ -14,6 +14,10 @@ With ``low_res_channels`` > 0 the U-Net is a super-resolution model (SR3, Sahari
 Imagen): the low-resolution image is upsampled to the input's size (``nn.superres``) and
 concatenated to it on channels, and its noise-augmentation level ``aug_level`` in [0, 1] has a
 sinusoidal embedding of its own, added to the time embedding (Imagen, section 2.5).
+With ``image_embed_dim`` > 0 the U-Net is an unCLIP decoder (Ramesh et al. 2022, section 2.1): a
+CLIP image embedding (B, image_embed_dim) is projected and added to the time embedding, and
+projected into ``image_embed_tokens`` extra context tokens after the text tokens; a missing
+embedding is the zero vector, the null condition its training dropped to.
 With ``patch_size`` p > 1 the image is folded into p x p patches first (space-to-depth,
 as Hoogeboom et al. 2023 do for high resolutions), so every level runs at 1/p the size.
 """
@@ -52,6 +56,8 @@ class UNetConfig(Config):
     pooled_dim: int = 0                   # > 0: a pooled text embedding (B, pooled_dim) joins the time embedding
     transformer: bool = False             # attention as Stable Diffusion's transformer layers (nn/attention.py)
     low_res_channels: int = 0             # > 0: super-resolution: a low-res image of these channels joins the input
+    image_embed_dim: int = 0              # > 0: unCLIP decoder: a CLIP image embedding of this width conditions it
+    image_embed_tokens: int = 4           # context tokens projected from the image embedding (DALL·E 2: 4)
 
     def __post_init__(self):
         # sizes a network cannot have, refused by name when the config is made (not as a torch error)
@@ -61,11 +67,14 @@ class UNetConfig(Config):
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ValueError(f"model.channel_mult must be a non-empty list of integers >= 1, "
                              f"got {list(self.channel_mult)}")
-        for name in ("num_classes", "context_dim", "pooled_dim", "low_res_channels"):
+        for name in ("num_classes", "context_dim", "pooled_dim", "low_res_channels", "image_embed_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.image_embed_dim and not (self.context_dim and self.image_embed_tokens >= 1):
+            raise ValueError("an unCLIP decoder (model.image_embed_dim > 0) needs model.context_dim > 0 and "
+                             "model.image_embed_tokens >= 1: its image tokens join the cross-attention context")
 
 
 class UNetEncoder(nn.Module):
@@ -84,6 +93,9 @@ class UNetEncoder(nn.Module):
         self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
         self.null_token = nn.Parameter(torch.zeros(1, 1, cfg.context_dim)) if cfg.context_dim else None
         self.aug_embed = TimestepMLP(ch, emb_dim) if cfg.low_res_channels else None
+        d, n = cfg.image_embed_dim, cfg.image_embed_tokens
+        self.image_embed = nn.Linear(d, emb_dim) if d else None
+        self.image_tokens = nn.Linear(d, n * cfg.context_dim) if d else None
         self.stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
                           groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                           context_dim=cfg.context_dim, transformer=cfg.transformer)
@@ -110,8 +122,11 @@ class UNetEncoder(nn.Module):
         ])
 
     def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None,
-              pooled: torch.Tensor | None = None, aug_level: torch.Tensor | None = None) -> torch.Tensor:
+              pooled: torch.Tensor | None = None, aug_level: torch.Tensor | None = None,
+              image_embed: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_embed(t)
+        if self.image_embed is not None:
+            emb = emb + self.image_embed(image_embed.to(emb.dtype))
         if self.aug_embed is not None:  # no level given: 0, the clean low-res input
             aug_level = torch.zeros_like(t) if aug_level is None else aug_level.to(t.device).expand(t.shape[0])
             emb = emb + self.aug_embed(aug_level.float() * AUG_LEVEL_SCALE)
@@ -124,30 +139,39 @@ class UNetEncoder(nn.Module):
             emb = emb + self.class_embed(class_labels)
         return emb
 
-    def context(self, batch_size: int, text: torch.Tensor | None,
-                text_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The learned null token, then the text tokens: ((B, 1 + L, D), mask (B, 1 + L) bool, or None
-        when every token is attended to, which lets attention skip the mask)."""
+    def context(self, batch_size: int, text: torch.Tensor | None, text_mask: torch.Tensor | None,
+                image_embed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The learned null token, the text tokens, then an unCLIP decoder's image tokens: ((B, 1 + L
+        + n, D), mask (B, 1 + L + n) bool, or None when every token is attended to, which lets
+        attention skip the mask)."""
         null = self.null_token.expand(batch_size, 1, -1)
-        if text is None:
-            return null, None
-        if text_mask is None:
-            return torch.cat([null.to(text.dtype), text], 1), None
-        keep = torch.ones(batch_size, 1, dtype=torch.bool, device=text.device)
-        return torch.cat([null.to(text.dtype), text], 1), torch.cat([keep, text_mask.bool()], 1)
+        tokens = [null] if text is None else [null.to(text.dtype), text]
+        if self.image_tokens is not None:
+            image_tokens = self.image_tokens(image_embed.to(tokens[-1].dtype))       # (B, n * D)
+            tokens.append(image_tokens.unflatten(1, (self.cfg.image_embed_tokens, -1)))
+        context = torch.cat(tokens, 1)
+        if text is None or text_mask is None:  # every token attended to
+            return context, None
+        keep = lambda n: torch.ones(batch_size, n, dtype=torch.bool, device=text.device)  # noqa: E731
+        extra = [keep(tokens[-1].shape[1])] if self.image_tokens is not None else []
+        return context, torch.cat([keep(1), text_mask.bool(), *extra], 1)
 
     def encode(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                pooled: torch.Tensor | None = None, hint: torch.Tensor | None = None,
-               low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None):
+               low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None,
+               image_embed: torch.Tensor | None = None):
         """-> (skips: list of (B, C_i, H_i, W_i), middle output h, emb (B, E), text, text_mask), the
         text with the null token in front. ``hint`` (B, channels, H/p, W/p) is added after conv_in.
-        ``low_res`` (B, low_res_channels, h, w) and ``aug_level`` (B,) for a super-resolution U-Net."""
+        ``low_res`` (B, low_res_channels, h, w) and ``aug_level`` (B,) for a super-resolution U-Net;
+        ``image_embed`` (B, image_embed_dim) for an unCLIP decoder (None: the zero embedding)."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        if self.image_embed is not None and image_embed is None:
+            image_embed = torch.zeros(x.shape[0], self.cfg.image_embed_dim, device=x.device)
         if self.cfg.context_dim:
-            text, text_mask = self.context(x.shape[0], text, text_mask)
-        emb = self.embed(t, class_labels, pooled, aug_level).to(x.dtype)
+            text, text_mask = self.context(x.shape[0], text, text_mask, image_embed)
+        emb = self.embed(t, class_labels, pooled, aug_level, image_embed).to(x.dtype)
         if self.cfg.low_res_channels:
             x = torch.cat([x, low_res_input(low_res, x.shape[-1], self.cfg.low_res_channels).to(x.dtype)], dim=1)
         if self.cfg.patch_size > 1:  # (B, C, H, W) -> (B, C p^2, H/p, W/p)
@@ -165,7 +189,7 @@ class UNetEncoder(nn.Module):
 class UNet(UNetEncoder):
     """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None, text (B,L,D) | None,
     text_mask (B,L) bool | None, pooled (B,D) | None, residuals | None, low_res (B,C',h,w) | None,
-    aug_level (B,) | None) -> (B, C_out, H, W)``.
+    aug_level (B,) | None, image_embed (B, image_embed_dim) | None) -> (B, C_out, H, W)``.
     Missing labels mean the null class; missing text means the null token alone. ``residuals``
     (ControlNet's output: one tensor per skip connection, then one for the middle block) are
     added to the skips and to the middle block's output."""
@@ -192,9 +216,10 @@ class UNet(UNetEncoder):
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                 text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                 pooled: torch.Tensor | None = None, residuals: list[torch.Tensor] | None = None,
-                low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None) -> torch.Tensor:
+                low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None,
+                image_embed: torch.Tensor | None = None) -> torch.Tensor:
         hs, h, emb, text, text_mask = self.encode(x, t, class_labels, text, text_mask, pooled,
-                                                  low_res=low_res, aug_level=aug_level)
+                                                  low_res=low_res, aug_level=aug_level, image_embed=image_embed)
         if residuals is not None:
             if len(residuals) != len(hs) + 1:
                 raise ValueError(f"expected {len(hs) + 1} residuals (skips + middle), got {len(residuals)}")

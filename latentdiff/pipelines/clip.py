@@ -149,16 +149,14 @@ def evaluate_clip_score(ckpt: str | Path, clip_ckpt: str | Path, prompts: list[s
     (generate()'s sampler, steps, guidance, ...) says otherwise."""
     from latentdiff.clip.metrics import clip_score
     from latentdiff.pipelines.conditions import Conditioning
-    from latentdiff.pipelines.diffusion import generate, load_model, samples_in_bf16, text_encoder_for
+    from latentdiff.pipelines.diffusion import (generate, load_model, samples_in_bf16, sampling_options,
+                                                text_encoder_for)
 
     denoiser, autoencoder, cfg = load_model(ckpt)
     if cfg.text is None:
         raise ValueError(f"{ckpt} is not a text-to-image model: a CLIP score needs prompts")
     model, clip_cfg, encoder = load_clip(clip_ckpt)
-    s = cfg.sample
-    options = dict(sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance, threshold=s.threshold,
-                   percentile=s.percentile)
-    options.update({k: v for k, v in sampling.items() if v is not None})
+    options = sampling_options(cfg.sample, **sampling)
     repeated = [p for p in prompts for _ in range(n_per_prompt)]
     images = generate(denoiser, len(repeated), Conditioning(prompts=repeated, text_encoder=text_encoder_for(cfg)),
                       seed=seed, progress=progress, bf16=samples_in_bf16(cfg), autoencoder=autoencoder, **options)

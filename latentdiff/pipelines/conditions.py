@@ -33,6 +33,8 @@ class Conditioning:
         control_steps: (start, end): the fraction of the sampling steps in which the ControlNets act.
         shared: per-image entries (n, ...) that both guidance branches get as they are: a
             super-resolution stage's ``low_res`` (n, C, h, w) and ``aug_level`` (n,).
+        image_embeds: (n, D) unit CLIP image embeddings for an unCLIP decoder, guided against the
+            zero embedding (the null condition its training dropped to).
     """
 
     class_labels: torch.Tensor | None = None
@@ -43,6 +45,7 @@ class Conditioning:
     control_scale: Sequence[float] = (1.0,)
     control_steps: tuple[float, float] = (0.0, 1.0)
     shared: dict[str, torch.Tensor] | None = None
+    image_embeds: torch.Tensor | None = None
 
     def replace(self, **changes) -> "Conditioning":
         return dataclasses.replace(self, **changes)
@@ -52,13 +55,13 @@ class Conditioning:
         cut = lambda v: None if v is None else v[start:stop]  # noqa: E731
         shared = None if self.shared is None else {k: v[start:stop] for k, v in self.shared.items()}
         return self.replace(class_labels=cut(self.class_labels), prompts=cut(self.prompts),
-                            control=cut(self.control), shared=shared)
+                            control=cut(self.control), shared=shared, image_embeds=cut(self.image_embeds))
 
 
 def conditions(denoiser: Denoiser, c: Conditioning) -> tuple[dict, dict]:
     """(cond, uncond) dicts for one batch: labels against the null class, prompts against the
     negative prompt, control in both branches (except guess mode's unconditional one), ``shared``
-    entries in both (guidance is on the text or label alone)."""
+    entries in both (guidance is on the text or label alone), image embeddings against none (zero)."""
     cond, uncond = {}, {}
     device = next(denoiser.net.parameters()).device
     for key, value in (c.shared or {}).items():
@@ -68,6 +71,9 @@ def conditions(denoiser: Denoiser, c: Conditioning) -> tuple[dict, dict]:
         cond.update(control=c.control.to(device), control_scale=scale)
         guess = getattr(denoiser.net, "guess_mode", False)
         uncond.update(control=c.control.to(device), control_scale=torch.zeros_like(scale) if guess else scale)
+    if c.image_embeds is not None:
+        cond["image_embed"] = c.image_embeds.to(device)
+        uncond["image_embed"] = torch.zeros_like(cond["image_embed"])  # the null embedding (as none at all)
     if c.class_labels is not None:
         cond["class_labels"] = c.class_labels
         uncond["class_labels"] = torch.full_like(c.class_labels, denoiser.net.cfg.num_classes)

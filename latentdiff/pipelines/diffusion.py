@@ -107,6 +107,7 @@ def generate(denoiser: Denoiser, n: int, conditioning: Conditioning | None = Non
              callback: Callable | None = None, bf16: bool = False, sigmas: torch.Tensor | None = None,
              autoencoder: nn.Module | None = None) -> torch.Tensor:
     """Draw n samples (n, C, H, W) in [-1, 1]; with an ``autoencoder`` the sampled latents are decoded.
+    (A backbone with a ``sample_shape``, a diffusion prior's, gives (n, *sample_shape) as drawn.)
 
     ``conditioning`` (``pipelines.conditions.Conditioning``; None: unconditional) holds what the n
     samples are conditioned on: class labels, prompts with their text encoder and negative prompt,
@@ -121,14 +122,13 @@ def generate(denoiser: Denoiser, n: int, conditioning: Conditioning | None = Non
     fits one batch, per image otherwise (and the fitted grid's search first).
     """
     conditioning = conditioning or Conditioning()
-    net_cfg = denoiser.net.cfg
     device = next(denoiser.net.parameters()).device
     sample = get_sampler(sampler)
     if sigmas is None and spacing == "fitted":
         sigmas = fit_model_grid(denoiser, sampler, steps, guidance=guidance, progress=progress).sigmas
     sigmas = sigma_grid(denoiser.schedule, steps, spacing) if sigmas is None else sigmas
     generator = torch.Generator().manual_seed(seed)
-    x_T = prior_noise((n, net_cfg.in_channels, net_cfg.image_size, net_cfg.image_size), float(sigmas[0]), generator)
+    x_T = prior_noise((n, *sample_shape(denoiser.net)), float(sigmas[0]), generator)
     kwargs = {"variance": "learned"} if sampler == "ddpm" and denoiser.learned_variance else {}
     out = []
     # One batch: the bar counts sampler steps (model calls; a heun step is two), else images per batch.
@@ -147,7 +147,16 @@ def generate(denoiser: Denoiser, n: int, conditioning: Conditioning | None = Non
                 x = sample(model, x, sigmas, cond=cond, generator=generator, callback=callback, **kwargs)
             out.append((x if autoencoder is None else autoencoder.decode(x.float())).cpu())
             bar.update(total - bar.n if per_step else len(x))
+    if getattr(denoiser.net, "sample_shape", None) is not None:  # a prior's embeddings: no image range
+        return torch.cat(out)
     return torch.cat(out).clamp(-1, 1)
+
+
+def sample_shape(net: nn.Module) -> tuple[int, ...]:
+    """The shape of one sample of a backbone: ``net.sample_shape`` where it has one (a diffusion
+    prior's (D,)), else (C, S, S) from its config."""
+    shape = getattr(net, "sample_shape", None)
+    return tuple(shape) if shape is not None else (net.cfg.in_channels, net.cfg.image_size, net.cfg.image_size)
 
 
 def _stepping(bar, callback: Callable | None) -> Callable:
@@ -159,6 +168,13 @@ def _stepping(bar, callback: Callable | None) -> Callable:
             callback(i, sigma, x, x0)
 
     return step
+
+
+def sampling_options(sample, **overrides) -> dict:
+    """generate()'s sampling keywords from a run's SampleConfig, with the ``overrides`` that are not None."""
+    options = dict(sampler=sample.sampler, steps=sample.steps, spacing=sample.spacing, guidance=sample.guidance,
+                   threshold=sample.threshold, percentile=sample.percentile)
+    return options | {k: v for k, v in overrides.items() if v is not None}
 
 
 def text_encoder_for(cfg: RunConfig) -> TextEncoder | None:
@@ -239,8 +255,9 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
     autoencoder = autoencoder_for(cfg)
     dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
     prompts = grid_prompts(cfg.data) if cfg.text is not None else None
-    test = build_dataset(cfg.data, "test") if cfg.superres is not None else None
-    if prompts is not None:  # an upsampler's grid shows test images: their captions join the text table
+    grid_of_test = cfg.superres is not None or cfg.unclip is not None
+    test = build_dataset(cfg.data, "test") if grid_of_test else None
+    if prompts is not None:  # an upsampler's or decoder's grid shows test images: their captions join the table
         extra = list(test.captions[:cfg.sample.n_grid]) if test is not None else []
         dataset = text_conditioned(cfg, dataset, prompts + extra)
     net = build_backbone(cfg)
@@ -248,6 +265,10 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
     if cfg.superres is not None:
         loss_fn = SuperResLoss(cfg.diffusion, cfg.superres, num_classes=cfg.model.num_classes)
         sample_fn = superres_grid(cfg, test, getattr(dataset, "table", None))
+    elif cfg.unclip is not None:
+        from latentdiff.pipelines.unclip import decoder_parts
+
+        cfg, dataset, loss_fn, sample_fn = decoder_parts(cfg, dataset, test, autoencoder)
     else:
         loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
         sample_fn = diffusion_grid(cfg, prompts, getattr(dataset, "table", None), autoencoder)

@@ -3,7 +3,8 @@
 ``latentdiff presets`` lists them; ``latentdiff train --preset NAME --set train.lr=1e-3`` overrides
 any field. The config is saved with every checkpoint, so a checkpoint rebuilds its own model.
 One module per family: ``diffusion`` (pixel, latent, text-to-image), ``autoencoders``,
-``controlnet``, ``dmd``, ``cascade`` (base, upsamplers, the single-stage comparison); the config classes in ``configs``.
+``controlnet``, ``dmd``, ``cascade`` (base, upsamplers, the single-stage comparison), ``clip``,
+``unclip`` (priors and decoders); the config classes in ``configs``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from latentdiff.presets.configs import (AutoencoderRunConfig, ControlNetRunConfi
 from latentdiff.presets.controlnet import (fmnist_controlnet_edges, shapes_controlnet_edges, shapes_controlnet_mask,
                                            tiny_controlnet)
 from latentdiff.presets.diffusion import (fmnist_ddpm, fmnist_ddpm_paper, fmnist_iddpm, fmnist_ldm, fmnist_t2i,
-                                          shapes_t2i, tiny, tiny_ldm, tiny_t2i)
+                                          shapes_t2i, shapes_t2i_pixel, tiny, tiny_ldm, tiny_t2i)
 from latentdiff.presets.dmd import fmnist_dmd, fmnist_dmd2, tiny_dmd, tiny_dmd2
+from latentdiff.presets.unclip import (PriorRunConfig, fmnist_prior, fmnist_unclip_decoder, is_prior_config,
+                                       shapes_prior, shapes_unclip_decoder, tiny_prior, tiny_unclip_decoder)
 
 PRESETS = {
     "fmnist-ddpm": fmnist_ddpm,
@@ -27,6 +30,7 @@ PRESETS = {
     "fmnist-ldm": fmnist_ldm,
     "shapes-vae": shapes_vae,
     "shapes-t2i": shapes_t2i,
+    "shapes-t2i-pixel": shapes_t2i_pixel,
     "fmnist-t2i": fmnist_t2i,
     "shapes-controlnet-edges": shapes_controlnet_edges,
     "shapes-controlnet-mask": shapes_controlnet_mask,
@@ -50,6 +54,12 @@ PRESETS = {
     "fmnist-clip": fmnist_clip,
     "shapes-clip": shapes_clip,
     "tiny-clip": tiny_clip,
+    "shapes-prior": shapes_prior,
+    "shapes-unclip-decoder": shapes_unclip_decoder,
+    "fmnist-prior": fmnist_prior,
+    "fmnist-unclip-decoder": fmnist_unclip_decoder,
+    "tiny-prior": tiny_prior,
+    "tiny-unclip-decoder": tiny_unclip_decoder,
 }
 
 
@@ -63,7 +73,7 @@ def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunCon
 def run_config_from_dict(config: dict) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig | DMDRunConfig:
     """A run's config dict (a checkpoint's or run folder's config.json) as its config class, by its ``task``."""
     kinds = ((is_autoencoder_config, AutoencoderRunConfig), (is_controlnet_config, ControlNetRunConfig),
-             (is_dmd_config, DMDRunConfig), (is_clip_config, CLIPRunConfig))
+             (is_dmd_config, DMDRunConfig), (is_clip_config, CLIPRunConfig), (is_prior_config, PriorRunConfig))
     cls = next((cls for test, cls in kinds if test(config)), RunConfig)
     return cls.from_dict(config)
 
@@ -73,5 +83,6 @@ def describe_presets() -> list[tuple[str, str]]:
 
 
 __all__ = ["AutoencoderRunConfig", "CLIPRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig",
-           "RunConfig", "SampleConfig", "check_sampling", "describe_presets", "get_preset", "is_autoencoder_config",
-           "is_clip_config", "is_controlnet_config", "is_dmd_config", "is_superres_config", "run_config_from_dict"]
+           "PriorRunConfig", "RunConfig", "SampleConfig", "check_sampling", "describe_presets", "get_preset",
+           "is_autoencoder_config", "is_clip_config", "is_controlnet_config", "is_dmd_config", "is_prior_config",
+           "is_superres_config", "run_config_from_dict"]

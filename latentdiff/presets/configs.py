@@ -19,6 +19,7 @@ from latentdiff.nn.unet import UNetConfig
 from latentdiff.objectives.diffusion import DiffusionConfig
 from latentdiff.objectives.dmd import DMDConfig
 from latentdiff.objectives.superres import SuperResConfig
+from latentdiff.objectives.unclip import UnCLIPConfig
 from latentdiff.training.train_config import TrainConfig
 
 # descriptions for `latentdiff config` of fields whose classes carry no comment on them
@@ -72,7 +73,9 @@ class RunConfig(Config):
     latent shape); None for pixel space. ``text``: the frozen text encoder of a text-to-image run
     (the U-Net's ``context_dim`` and ``pooled_dim`` are its width); None without text. ``superres``: a
     super-resolution stage of a cascade (``model.low_res_channels`` = ``model.in_channels``; pixel
-    space): its low-res input is the image downsampled by ``superres.factor``; None otherwise."""
+    space): its low-res input is the image downsampled by ``superres.factor``; None otherwise.
+    ``unclip``: an unCLIP decoder, conditioned on a CLIP model's image embeddings
+    (``model.image_embed_dim`` = its embedding width); None otherwise."""
 
     description: str = ""         # one line shown by `latentdiff presets`
     autoencoder: str | None = None  # autoencoder checkpoint for latent diffusion; None: pixel space
@@ -83,6 +86,7 @@ class RunConfig(Config):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     superres: SuperResConfig | None = None  # a cascade's super-resolution stage; None: not one
+    unclip: UnCLIPConfig | None = None  # an unCLIP decoder's CLIP model; None: not one
 
     def __post_init__(self):
         net, sr = self.model, self.superres
@@ -97,6 +101,15 @@ class RunConfig(Config):
                 raise ValueError("autoencoder must be null in a super-resolution run (the stage works in pixel space)")
             if net.image_size % sr.factor:
                 raise ValueError(f"model.image_size must be divisible by superres.factor {sr.factor}, got {net.image_size}")
+        if (self.unclip is None) != (net.image_embed_dim == 0):
+            raise ValueError("an unCLIP decoder needs both an unclip section (its CLIP checkpoint) and "
+                             f"model.image_embed_dim > 0; got unclip={'set' if self.unclip else 'null'}, "
+                             f"model.image_embed_dim={net.image_embed_dim}")
+
+
+def is_unclip_decoder_config(config: dict) -> bool:
+    """Whether a diffusion run's config dict is an unCLIP decoder's."""
+    return config.get("unclip") is not None
 
 
 def is_superres_config(config: dict) -> bool:
