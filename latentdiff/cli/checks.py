@@ -91,3 +91,12 @@ def read_user_image(path: str, channels: int, size: int | None, reader: str):
         print(f"note: {path} is {image.size[0]}x{image.size[1]}; resized to {size}x{size} for {reader}",
               file=sys.stderr)
     return load_image(path, size=size, channels=channels)
+
+
+def write_json(path: str | None, data: dict) -> None:
+    """Write ``data`` as indented JSON to ``path`` (its folder created); nothing when path is None."""
+    if path:
+        import json
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
