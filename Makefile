@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade unclip
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,11 @@ likelihood: setup
 cascade: setup
 	$(BIN)/python benchmarks/cascade.py --minutes 40 --photo-minutes 25 \
 		--json benchmarks/results/cascade.json --png docs/cascade_aug_sweep.png
+
+# unCLIP (prior + decoder) against the Imagen-style pixel model at equal training time, the prior's
+# value, Fashion-MNIST variations; trains the CLIP models first where missing (~1.5 h)
+unclip: setup
+	$(BIN)/python benchmarks/unclip.py --minutes 30 --json benchmarks/results/unclip.json
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

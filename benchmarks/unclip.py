@@ -3,8 +3,8 @@ pixel model at equal training wall time, the prior's value, and image variations
 
 Training (``latentdiff train``, two single-thread lanes side by side; a run folder with a checkpoint
 is reused): lane A trains shapes-t2i-pixel (M minutes) then fmnist-prior and fmnist-unclip-decoder,
-lane B shapes-prior (M/5) then shapes-unclip-decoder (4M/5). The CLIP models (runs/shapes-clip,
-runs/fmnist-clip) must exist: ``latentdiff train --preset shapes-clip --out runs/shapes-clip``.
+lane B shapes-prior (M/5) then shapes-unclip-decoder (4M/5); before them the CLIP models
+(runs/shapes-clip, runs/fmnist-clip), 8 minutes each side by side, where missing.
 
 Evaluation (after training, every system sampled the same way: 20 DPM-Solver++(2M) steps, Karras
 sigmas, guidance 2 with dynamic thresholding, the presets' defaults):
@@ -211,6 +211,8 @@ def main() -> None:
     runs, m = args.runs_dir, args.minutes
     lanes = runs / "unclip"
     lanes.mkdir(parents=True, exist_ok=True)
+    # the CLIP models, 8 minutes each side by side (README: zero-shot 0.98 of the classifier, R@1 0.89)
+    train_lanes([[("shapes-clip", "shapes-clip", 8.0, [])], [("fmnist-clip", "fmnist-clip", 8.0, [])]], runs)
     train_lanes([[("shapes-t2i-pixel", "shapes-t2i-pixel", m, []), ("fmnist-prior", "fmnist-prior", None, []),
                   ("fmnist-unclip-decoder", "fmnist-unclip-decoder", None, [])],
                  [("shapes-prior", "shapes-prior", m / 5, []),

@@ -17,7 +17,7 @@ def cmd_eval(args) -> None:
     check_sampling_args(args)  # before anything is loaded
     from latentdiff.io.checkpoint import read_config
     from latentdiff.pipelines import evaluate_autoencoder, evaluate_model, load_autoencoder, load_model
-    from latentdiff.presets import is_autoencoder_config, is_clip_config
+    from latentdiff.presets import is_autoencoder_config, is_captioner_config, is_clip_config
 
     if args.target[0] == "adherence":
         return eval_adherence(args)
@@ -30,7 +30,12 @@ def cmd_eval(args) -> None:
     if len(args.target) != 1:
         sys.exit("usage: latentdiff eval CKPT | latentdiff eval adherence CKPT --prompts FILE")
     ckpt = args.target[0]
-    if is_clip_config(read_config(ckpt)):
+    if is_captioner_config(read_config(ckpt)):
+        from latentdiff.pipelines.captioning import evaluate_captioner, load_captioner
+
+        model, cap_cfg = load_captioner(ckpt, use_ema=not args.no_ema)
+        report = {"checkpoint": str(ckpt), **evaluate_captioner(model, cap_cfg, n=args.n, beam_width=args.beam)}
+    elif is_clip_config(read_config(ckpt)):
         from latentdiff.pipelines.clip import evaluate_clip, load_clip
 
         model, clip_cfg, encoder = load_clip(ckpt, use_ema=not args.no_ema)
@@ -135,7 +140,8 @@ def add_eval_parser(sub, sampling_args, controlnet_arg) -> None:
                        "`eval control CKPT --controlnet CN`: control fidelity (edge F1 / mask IoU) and FD; "
                        "`eval nll CKPT --method vlb|ode|both`: test-split bits/dim (variational bound, PF-ODE); "
                        "`eval clip-score CKPT --clip CLIP`: CLIP score of a text-to-image model's samples; "
-                       "for a CLIP checkpoint: zero-shot accuracy and retrieval recall")
+                       "for a CLIP checkpoint: zero-shot accuracy and retrieval recall; for a captioner: its descriptive "
+                       "captions of held-out shapes images read back against them")
     p.add_argument("target", nargs="+", metavar="[adherence|control|nll|clip-score] CKPT",
                    help="a checkpoint directory (RUN/checkpoint), after adherence, control, nll or clip-score for "
                    "those measures")
@@ -145,6 +151,7 @@ def add_eval_parser(sub, sampling_args, controlnet_arg) -> None:
                    "held-out shapes prompts)")
     p.add_argument("--clip", metavar="CLIP", help="clip-score: the CLIP-style checkpoint that scores the samples "
                    "(latentdiff train --preset shapes-clip)")
+    p.add_argument("--beam", type=int, default=1, help="captioner: beam width (1: greedy decoding)")
     p.add_argument("--n-per-prompt", type=int, default=16, help="adherence, clip-score: samples per prompt")
     p.add_argument("--png", help="adherence, control: also save a figure of samples")
     p.add_argument("--method", choices=("vlb", "ode", "both"), default="vlb",

@@ -46,9 +46,10 @@ def cmd_train(args) -> None:
     from latentdiff.pipelines import train_autoencoder_run, train_controlnet_run, train_run
     from latentdiff.pipelines.clip import train_clip_run
     from latentdiff.pipelines.dmd import train_dmd_run
+    from latentdiff.pipelines.captioning import train_captioner_run
     from latentdiff.pipelines.unclip import train_prior_run
-    from latentdiff.presets import (AutoencoderRunConfig, CLIPRunConfig, ControlNetRunConfig, DMDRunConfig,
-                                    PriorRunConfig)
+    from latentdiff.presets import (AutoencoderRunConfig, CaptionerRunConfig, CLIPRunConfig, ControlNetRunConfig,
+                                    DMDRunConfig, PriorRunConfig)
     from latentdiff.training import run_lock
 
     with run_lock(args.out) if args.force else contextlib.nullcontext():  # --force: held from the move on
@@ -57,7 +58,7 @@ def cmd_train(args) -> None:
         cfg = train_config(args)
         train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
                  DMDRunConfig: train_dmd_run, CLIPRunConfig: train_clip_run,
-                 PriorRunConfig: train_prior_run}.get(type(cfg), train_run)
+                 PriorRunConfig: train_prior_run, CaptionerRunConfig: train_captioner_run}.get(type(cfg), train_run)
         summary = train(cfg, args.out)
     print(json.dumps(summary))
 

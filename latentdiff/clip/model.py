@@ -119,9 +119,12 @@ class ImageTower(nn.Module):
             self.pos = nn.Parameter(torch.randn(cfg.feature_size ** 2 + 1, ch) / ch ** 0.5)
         self.proj = nn.Linear(ch, cfg.embed_dim)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, S, S) -> the last feature map as tokens (B, s*s, C'), before pooling."""
+        return F.silu(self.norm(self.stages(self.stem(x)))).flatten(2).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.norm(self.stages(self.stem(x))))    # (B, C', s, s)
-        tokens = h.flatten(2).transpose(1, 2)               # (B, s*s, C')
+        tokens = self.features(x)                           # (B, s*s, C')
         mean = tokens.mean(dim=1)                           # (B, C'): global average pool
         if self.pool is not None:
             tokens = torch.cat([mean[:, None], tokens], dim=1) + self.pos

@@ -63,6 +63,12 @@ def caption_of(objs: list[Obj], relation: str | None = None) -> str:
     return f"{first} {relation} a {b.size} {b.colour} {b.shape}"
 
 
+def short_caption_of(objs: list[Obj]) -> str:
+    """The short caption of a scene (DALL·E 3's short style, "the main subject only"): the first
+    object's colour and shape, "a red circle"."""
+    return f"a {objs[0].colour} {objs[0].shape}"
+
+
 def parse_prompt(prompt: str) -> tuple[list[dict], str | None]:
     """Inverse of :func:`caption_of`: -> ([{shape, colour, size, position?}, ...], relation or None)."""
     words = prompt.strip().lower().split()

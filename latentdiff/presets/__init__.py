@@ -4,12 +4,13 @@
 any field. The config is saved with every checkpoint, so a checkpoint rebuilds its own model.
 One module per family: ``diffusion`` (pixel, latent, text-to-image), ``autoencoders``,
 ``controlnet``, ``dmd``, ``cascade`` (base, upsamplers, the single-stage comparison), ``clip``,
-``unclip`` (priors and decoders); the config classes in ``configs``.
+``unclip`` (priors and decoders), ``captioning``; the config classes in ``configs``.
 """
 
 from __future__ import annotations
 
 from latentdiff.presets.autoencoders import fmnist_vae, fmnist_vqvae, shapes_vae, tiny_vae
+from latentdiff.presets.captioning import CaptionerRunConfig, is_captioner_config, shapes_captioner, tiny_captioner
 from latentdiff.presets.cascade import photo_sr4, shapes64_base, shapes64_single, shapes64_sr, tiny_sr
 from latentdiff.presets.clip import CLIPRunConfig, fmnist_clip, is_clip_config, shapes_clip, tiny_clip
 from latentdiff.presets.configs import (AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, PairsConfig,
@@ -60,6 +61,8 @@ PRESETS = {
     "fmnist-unclip-decoder": fmnist_unclip_decoder,
     "tiny-prior": tiny_prior,
     "tiny-unclip-decoder": tiny_unclip_decoder,
+    "shapes-captioner": shapes_captioner,
+    "tiny-captioner": tiny_captioner,
 }
 
 
@@ -73,7 +76,8 @@ def get_preset(name: str) -> RunConfig | AutoencoderRunConfig | ControlNetRunCon
 def run_config_from_dict(config: dict) -> RunConfig | AutoencoderRunConfig | ControlNetRunConfig | DMDRunConfig:
     """A run's config dict (a checkpoint's or run folder's config.json) as its config class, by its ``task``."""
     kinds = ((is_autoencoder_config, AutoencoderRunConfig), (is_controlnet_config, ControlNetRunConfig),
-             (is_dmd_config, DMDRunConfig), (is_clip_config, CLIPRunConfig), (is_prior_config, PriorRunConfig))
+             (is_dmd_config, DMDRunConfig), (is_clip_config, CLIPRunConfig), (is_prior_config, PriorRunConfig),
+             (is_captioner_config, CaptionerRunConfig))
     cls = next((cls for test, cls in kinds if test(config)), RunConfig)
     return cls.from_dict(config)
 
@@ -82,7 +86,7 @@ def describe_presets() -> list[tuple[str, str]]:
     return [(name, make().description) for name, make in PRESETS.items()]
 
 
-__all__ = ["AutoencoderRunConfig", "CLIPRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig",
+__all__ = ["AutoencoderRunConfig", "CLIPRunConfig", "CaptionerRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig",
            "PriorRunConfig", "RunConfig", "SampleConfig", "check_sampling", "describe_presets", "get_preset",
-           "is_autoencoder_config", "is_clip_config", "is_controlnet_config", "is_dmd_config", "is_prior_config",
+           "is_autoencoder_config", "is_captioner_config", "is_clip_config", "is_controlnet_config", "is_dmd_config", "is_prior_config",
            "is_superres_config", "run_config_from_dict"]

@@ -1,0 +1,104 @@
+"""An image captioner trained here (DALL·E 3, Betker et al. 2023, section 2: "an image captioner ...
+trained with a CLIP image embedding and a language model"; here a small encoder-decoder).
+
+* **vocabulary**: the words of the training captions, plus ``<pad>``, ``<eos>`` and one *style
+  token* per caption style (``<short>``, ``<descriptive>``) that starts every sequence, so one model
+  writes either style (section 2.1's "short synthetic captions" and "descriptive synthetic
+  captions").
+* **image encoder**: the CLIP-style model's ResNet tower (``clip.model.ImageTower``) read before its
+  pool: the last feature map as s x s tokens, projected to ``dim``, plus learned positions (the
+  captions name positions).
+* **text decoder**: ``layers`` pre-LayerNorm transformer layers (``nn.attention.TransformerBlock``)
+  with causal self-attention over the caption so far and cross-attention to the image tokens, then
+  a linear map to the vocabulary. Teacher forcing: given [style, w_1, ..., w_n] it predicts
+  [w_1, ..., w_n, <eos>] (``captioning.loss``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from latentdiff.clip.model import CLIPConfig, ImageTower
+from latentdiff.config import Config
+from latentdiff.nn.attention import TransformerBlock
+
+PAD, EOS = "<pad>", "<eos>"
+STYLES = ("short", "descriptive")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig(Config):
+    """The captioner's image tower, decoder and vocabulary (``vocab``: the words, filled in from the
+    training captions at training time; ``tokens`` lists the full table)."""
+
+    in_channels: int = 3          # image channels C
+    image_size: int = 32          # image side S
+    width: int = 32               # image tower: channels of the first stage
+    stage_mult: tuple[int, ...] = (1, 2, 4)  # image tower: width multiplier per stage
+    stem_stride: int = 1          # image tower: stride of the stem (1 keeps an 8x8 map at 32 px)
+    norm_groups: int = 8          # image tower: GroupNorm groups
+    dim: int = 128                # decoder width
+    layers: int = 3               # decoder layers
+    heads: int = 4                # decoder attention heads
+    max_length: int = 16          # longest sequence: style token + words + <eos>
+    vocab: tuple[str, ...] = ()   # the words (no special tokens), filled in at training time
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise ValueError(f"captioner.heads={self.heads} must divide captioner.dim={self.dim}")
+        if self.max_length < 3:
+            raise ValueError(f"captioner.max_length must be at least 3, got {self.max_length}")
+        if len(set(self.vocab)) != len(self.vocab) or any(w.startswith("<") for w in self.vocab):
+            raise ValueError("captioner.vocab must be distinct words without special tokens")
+        self.image_tower()  # validates the tower's sizes
+
+    def image_tower(self) -> CLIPConfig:
+        """The image tower's sizes, in the CLIP config that ``ImageTower`` reads."""
+        return CLIPConfig(in_channels=self.in_channels, image_size=self.image_size, width=self.width,
+                          stage_mult=self.stage_mult, stem_stride=self.stem_stride, norm_groups=self.norm_groups,
+                          embed_dim=self.dim)
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The token table: <pad> (id 0), <eos> (1), the style tokens, then the words."""
+        return (PAD, EOS, *(f"<{s}>" for s in STYLES), *self.vocab)
+
+
+class Captioner(nn.Module):
+    """``forward(images (B, C, S, S), tokens (B, T) int64) -> logits (B, T, V)``: the next-token
+    logits after each prefix of ``tokens`` (a style token first), conditioned on the images."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        if not cfg.vocab:
+            raise ValueError("the captioner's vocabulary is empty (captioner.vocab is filled in at training time)")
+        self.cfg = cfg
+        tower = cfg.image_tower()
+        self.image_tower = ImageTower(tower)
+        channels = tower.width * tower.stage_mult[-1]
+        self.image_proj = nn.Linear(channels, cfg.dim)
+        self.image_pos = nn.Parameter(torch.randn(tower.feature_size ** 2, cfg.dim) * 0.02)
+        self.embed = nn.Embedding(len(cfg.tokens), cfg.dim)
+        self.pos = nn.Parameter(torch.randn(cfg.max_length, cfg.dim) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.dim, cfg.heads) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, len(cfg.tokens))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, S, S) in [-1, 1] -> image tokens (B, s*s, dim)."""
+        return self.image_proj(self.image_tower.features(images)) + self.image_pos
+
+    def decode(self, context: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, N, dim) and token ids (B, T) -> next-token logits (B, T, V)."""
+        T = tokens.shape[1]
+        h = self.embed(tokens) + self.pos[:T]
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril().expand(len(tokens), T, T)
+        for block in self.blocks:
+            h = block(h, context, self_mask=causal)
+        return self.head(self.norm(h))
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images), tokens)

@@ -1,0 +1,132 @@
+"""Captions as token ids and back, the captioner's teacher-forcing loss, and greedy and beam decoding.
+
+A caption of style s is the sequence [<s>, w_1, ..., w_n, <eos>] padded with <pad> (id 0) to
+``max_length``; the model reads all but the last position and predicts all but the first
+(teacher forcing), so the loss is the cross-entropy of w_1 .. w_n, <eos> given the prefixes, the
+padding ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentdiff.captioning.model import EOS, PAD, STYLES, CaptionerConfig
+
+
+def build_vocab(captions: list[str]) -> tuple[str, ...]:
+    """The sorted distinct words of ``captions``."""
+    return tuple(sorted({w for c in captions for w in c.split()}))
+
+
+def style_id(cfg: CaptionerConfig, style: str) -> int:
+    if style not in STYLES:
+        raise ValueError(f"caption style must be one of {', '.join(STYLES)}, got {style!r}")
+    return cfg.tokens.index(f"<{style}>")
+
+
+def encode_captions(cfg: CaptionerConfig, captions: list[str], style: str) -> torch.Tensor:
+    """Captions -> token ids (N, max_length) int64: [<style>, words, <eos>, <pad> ...]. A word
+    outside the vocabulary, or a caption too long, is a ValueError naming it."""
+    index = {t: i for i, t in enumerate(cfg.tokens)}
+    out = torch.zeros(len(captions), cfg.max_length, dtype=torch.long)  # <pad> is 0
+    for row, caption in enumerate(captions):
+        words = caption.split()
+        if len(words) + 2 > cfg.max_length:
+            raise ValueError(f"caption {caption!r} has {len(words)} words; at most {cfg.max_length - 2} fit")
+        unknown = [w for w in words if w not in index]
+        if unknown:
+            raise ValueError(f"caption {caption!r}: word {unknown[0]!r} is not in the captioner's vocabulary")
+        ids = [style_id(cfg, style), *(index[w] for w in words), index[EOS]]
+        out[row, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+def decode_ids(cfg: CaptionerConfig, ids: torch.Tensor) -> list[str]:
+    """Token ids (N, T) after the style token -> captions: the words up to the first <eos>."""
+    tokens, out = cfg.tokens, []
+    for row in ids.tolist():
+        words = []
+        for i in row:
+            if tokens[i] in (EOS, PAD):
+                break
+            if not tokens[i].startswith("<"):
+                words.append(tokens[i])
+        out.append(" ".join(words))
+    return out
+
+
+def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher-forcing cross-entropy: logits (B, T - 1, V) of the prefixes tokens[:, :-1], targets
+    tokens[:, 1:], <pad> targets ignored; the mean over the real target tokens."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=0)
+
+
+class CaptionLoss:
+    """``loss_fn(model, batch, generator) -> (loss, logs)`` for the trainer: ``batch["tokens"]`` (B, K, T)
+    holds K captions (one per style) of each image ``batch["x"]`` (B, C, S, S); the image is encoded
+    once and every caption decoded against it."""
+
+    def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
+        tokens = batch["tokens"]
+        B, K, T = tokens.shape
+        context = model.encode(batch["x"]).repeat_interleave(K, dim=0)
+        flat = tokens.flatten(0, 1)
+        logits = model.decode(context, flat[:, :-1])
+        loss = caption_loss(logits, flat)
+        real = flat[:, 1:] != 0
+        accuracy = ((logits.argmax(-1) == flat[:, 1:]) | ~real).all(dim=1).float().mean()
+        return loss, {"caption_exact": float(accuracy)}
+
+
+def not_words(cfg: CaptionerConfig, device) -> torch.Tensor:
+    """(V,) bool: the ids a caption never continues with (<pad> and the style tokens)."""
+    return torch.tensor([t == PAD or (t.startswith("<") and t != EOS) for t in cfg.tokens], device=device)
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, images: torch.Tensor, style: str) -> list[str]:
+    """The most likely next word at every step, from the style token to <eos> (or max_length)."""
+    cfg = model.cfg
+    context = model.encode(images)
+    seq = torch.full((len(images), 1), style_id(cfg, style), dtype=torch.long, device=images.device)
+    done = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+    eos = cfg.tokens.index(EOS)
+    for _ in range(cfg.max_length - 1):
+        nxt = model.decode(context, seq)[:, -1].masked_fill(not_words(cfg, images.device), float("-inf")).argmax(-1)
+        nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+        seq = torch.cat([seq, nxt[:, None]], 1)
+        done |= nxt == eos
+        if done.all():
+            break
+    return decode_ids(cfg, seq[:, 1:].cpu())
+
+
+@torch.no_grad()
+def beam(model: nn.Module, images: torch.Tensor, style: str, width: int = 3) -> list[str]:
+    """Beam search: the ``width`` most likely prefixes (summed log-probabilities) kept at every step;
+    a finished beam (<eos>) keeps its score; the best finished caption of each image."""
+    cfg = model.cfg
+    B, eos = len(images), cfg.tokens.index(EOS)
+    context = model.encode(images).repeat_interleave(width, dim=0)                  # (B k, N, dim)
+    seq = torch.full((B * width, 1), style_id(cfg, style), dtype=torch.long, device=images.device)
+    score = torch.full((B, width), float("-inf"), device=images.device)
+    score[:, 0] = 0.0                                                               # one live beam at the start
+    done = torch.zeros(B * width, dtype=torch.bool, device=images.device)
+    banned = not_words(cfg, images.device)
+    for _ in range(cfg.max_length - 1):
+        logp = model.decode(context, seq)[:, -1].float().masked_fill(banned, float("-inf")).log_softmax(-1)
+        # a finished beam extends only by <pad> (id 0) at no cost
+        logp = torch.where(done[:, None], torch.full_like(logp, float("-inf")), logp)
+        logp[done, 0] = 0.0
+        total = (score.flatten()[:, None] + logp).view(B, -1)                       # (B, k V)
+        score, pick = total.topk(width, dim=1)
+        parent = pick // logp.shape[1] + torch.arange(B, device=images.device)[:, None] * width
+        word = (pick % logp.shape[1]).flatten()
+        seq = torch.cat([seq[parent.flatten()], word[:, None]], 1)
+        done = done[parent.flatten()] | (word == eos)
+        if done.all():
+            break
+    best = score.argmax(1) + torch.arange(B, device=images.device) * width
+    return decode_ids(cfg, seq[best, 1:].cpu())

@@ -1,0 +1,104 @@
+"""The DALL·E 3-style captioner: its loss against cross-entropy written out, token round trips, greedy
+and beam decoding of a captioner that memorised a caption, the labelled share (no exact caption
+outside it reaches training), and train -> eval through the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from clirun import run_cli
+from latentdiff.captioning import (Captioner, CaptionerConfig, LabelledShare, beam, build_vocab, caption_loss,
+                                   decode_ids, encode_captions, greedy, labelled_indices, style_captions)
+from latentdiff.data import DataConfig, build_dataset
+from latentdiff.pipelines.captioning import caption_checks
+from latentdiff.presets import get_preset
+
+WORDS = ("a", "circle", "red", "small", "square")
+CFG = CaptionerConfig(image_size=16, width=8, stage_mult=(1, 2), norm_groups=4, dim=32, layers=1, heads=2,
+                      max_length=8, vocab=WORDS)
+
+
+def test_caption_loss_is_cross_entropy_over_the_real_targets():
+    logits = torch.tensor([[[2.0, 0.0, 1.0], [0.5, 0.5, 3.0], [1.0, 1.0, 1.0]]])   # (1, T - 1 = 3, V = 3)
+    tokens = torch.tensor([[2, 1, 2, 0]])   # targets 1, 2, <pad>: the last position is ignored
+
+    def nll(row, target):
+        return -(row[target] - math.log(sum(math.exp(v) for v in row)))
+
+    want = (nll([2.0, 0.0, 1.0], 1) + nll([0.5, 0.5, 3.0], 2)) / 2
+    assert caption_loss(logits, tokens).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_captions_round_trip_through_token_ids_and_bad_words_are_named():
+    ids = encode_captions(CFG, ["a small red circle", "a square"], "descriptive")
+    assert ids.shape == (2, 8) and ids[0, 0] == CFG.tokens.index("<descriptive>")
+    assert ids[1, 3] == CFG.tokens.index("<eos>") and ids[1, 4] == 0  # <eos>, then <pad>
+    assert decode_ids(CFG, ids[:, 1:]) == ["a small red circle", "a square"]
+    with pytest.raises(ValueError, match="'blue'"):
+        encode_captions(CFG, ["a blue circle"], "short")
+    with pytest.raises(ValueError, match="at most 6"):
+        encode_captions(CFG, ["a a a a a a a"], "short")
+    assert build_vocab(["b a", "a c"]) == ("a", "b", "c")
+
+
+def test_a_captioner_that_memorised_a_caption_decodes_it_greedily_and_by_beam():
+    torch.manual_seed(0)
+    model = Captioner(CFG)
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    target = encode_captions(CFG, ["a small red circle"], "descriptive")
+    other = encode_captions(CFG, ["a square"], "short")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = caption_loss(model(image, target[:, :-1]), target) + caption_loss(model(image, other[:, :-1]), other)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert greedy(model, image, "descriptive") == ["a small red circle"]
+    assert beam(model, image, "descriptive", width=3) == ["a small red circle"]
+    assert greedy(model, image, "short") == ["a square"]  # the style token chooses the caption
+
+
+def test_only_the_labelled_share_reaches_the_captioner():
+    base = build_dataset(DataConfig(name="shapes", image_size=16, channels=3, n=200), "train")
+    index = labelled_indices(len(base), 0.05, seed=0)
+    assert len(index) == 10 and torch.equal(index, labelled_indices(200, 0.05, seed=0))
+    assert len(set(index.tolist())) == 10 and not torch.equal(index, labelled_indices(200, 0.05, seed=1))
+    words = build_vocab([c for s in ("short", "descriptive") for c in style_captions(base, index, s)])
+    cfg = CFG.replace(vocab=words, max_length=16)
+    share = LabelledShare(base, index, cfg)
+    assert len(share) == 10 and share.captions == [base.captions[i] for i in index.tolist()]
+    batch = share.get_batch(torch.arange(10))          # every item of the dataset object
+    assert torch.equal(batch["x"], base.get_batch(index)["x"])
+    seen = set(decode_ids(cfg, batch["tokens"][:, 1, 1:]))   # the descriptive captions it trains on
+    assert seen == set(share.captions)
+    outside = {base.captions[i] for i in range(200) if i not in set(index.tolist())} - set(share.captions)
+    assert outside and not outside & seen
+
+
+def test_a_caption_outside_the_grammar_fails_every_attribute():
+    test = build_dataset(DataConfig(name="shapes", image_size=32, channels=3, n=4), "test")
+    image = test.get_batch(torch.tensor([0]))["x"][0]
+    bad = caption_checks("small red", image, len(test.attributes[0][0]))
+    assert not bad["all_correct"] and not any(bad["checks"].values())
+    assert caption_checks(test.captions[0], image, len(test.attributes[0][0]))["all_correct"]
+
+
+def test_a_tiny_captioner_trains_and_evaluates_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "captioner"
+    code, _, err = run_cli(capsys, ["train", "--preset", "tiny-captioner", "--out", str(run)])
+    assert code == 0, err
+    config = json.loads((run / "checkpoint" / "config.json").read_text())
+    cfg = get_preset("tiny-captioner")
+    base = build_dataset(cfg.data, "train")
+    index = labelled_indices(len(base), cfg.labelled_share, cfg.share_seed)
+    want = build_vocab([c for s in ("short", "descriptive") for c in style_captions(base, index, s)])
+    assert tuple(config["captioner"]["vocab"]) == want  # the vocabulary comes from the labelled share
+    out = tmp_path / "eval.json"
+    code, _, err = run_cli(capsys, ["eval", str(run / "checkpoint"), "--n", "12", "--beam", "2", "--json", str(out)])
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 12 and report["n_single"] + report["n_two"] == 12
+    assert 0 <= report["single_all_correct"] <= 1 and len(report["examples"]) == 8
