@@ -102,3 +102,74 @@ def test_a_tiny_captioner_trains_and_evaluates_through_the_cli(tmp_path, capsys)
     report = json.loads(out.read_text())
     assert report["n_images"] == 12 and report["n_single"] + report["n_two"] == 12
     assert 0 <= report["single_all_correct"] <= 1 and len(report["examples"]) == 8
+
+
+def text_batch(B, L=3, D=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = {"x": torch.zeros(B, 1), "text": torch.randn(B, L, D, generator=g),
+             "text_mask": torch.ones(B, L, dtype=torch.bool), "pooled": torch.randn(B, D, generator=g)}
+    batch |= {"text_original": -batch["text"], "text_mask_original": torch.zeros(B, L, dtype=torch.bool),
+              "pooled_original": -batch["pooled"]}
+    return batch
+
+
+def test_the_blend_draws_synthetic_captions_at_rate_p_reproducibly():
+    from latentdiff.objectives.blend import blend_captions
+
+    batch = text_batch(4000)
+    out, synthetic = blend_captions(batch, 0.8, torch.Generator().manual_seed(5))
+    share = float(synthetic.float().mean())
+    assert abs(share - 0.8) < 4 * math.sqrt(0.8 * 0.2 / 4000)  # 4 sigma of the binomial
+    assert torch.equal(out["text"][synthetic], batch["text"][synthetic])
+    assert torch.equal(out["text"][~synthetic], batch["text_original"][~synthetic])
+    assert torch.equal(out["text_mask"], synthetic[:, None].expand(-1, 3))
+    assert not any(k.endswith("_original") for k in out)
+    again, synthetic2 = blend_captions(batch, 0.8, torch.Generator().manual_seed(5))
+    assert torch.equal(synthetic, synthetic2) and torch.equal(again["pooled"], out["pooled"])
+    _, other = blend_captions(batch, 0.8, torch.Generator().manual_seed(6))
+    assert not torch.equal(other, synthetic)
+
+
+def test_caption_sources_alt_text_and_refusals(tmp_path):
+    from latentdiff.data.captions import data_key, save_recaptions
+
+    data = DataConfig(name="shapes", image_size=16, channels=3, n=12)
+    alt = build_dataset(data.replace(captions="alt"), "train")
+    exact = build_dataset(data, "train")
+    assert alt.captions == exact.alt_texts and alt.captions != exact.captions
+    assert build_dataset(data.replace(captions="alt"), "test").captions == build_dataset(data, "test").captions
+    path = save_recaptions(tmp_path / "r.json", ["a red circle"] * 10, {"data": data_key(data), "split": "train"})
+    with pytest.raises(ValueError, match=r"covers 10 of the 12 training items \(2 missing\)"):
+        build_dataset(data.replace(captions=f"recaption:{path}"), "train")
+    with pytest.raises(ValueError, match="other data"):
+        build_dataset(data.replace(captions=f"recaption:{path}", seed=3), "train")
+    ok = build_dataset(data.replace(n=10, captions=f"recaption:{path}"), "train")
+    assert ok.captions == ["a red circle"] * 10 and ok.original_captions == exact.alt_texts[:10]
+    with pytest.raises(ValueError, match="data.captions must be one of"):
+        DataConfig(captions="synthetic")
+
+
+def test_captioner_to_recaption_to_text_to_image_through_the_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LATENTDIFF_CACHE", str(tmp_path / "cache"))
+    cap = tmp_path / "captioner"
+    code, _, err = run_cli(capsys, ["train", "--preset", "tiny-captioner", "--out", str(cap),
+                                    "--set", "data.image_size=32", "captioner.image_size=32"])
+    assert code == 0, err
+    code, _, err = run_cli(capsys, ["recaption", str(cap / "checkpoint"), "--preset", "tiny-t2i",
+                                    "--set", "data.image_size=16"])
+    assert code != 0 and "32 px" in err and "16 px" in err  # a captioner of another size: both named
+    code, stdout, err = run_cli(capsys, ["recaption", str(cap / "checkpoint"), "--preset", "tiny-t2i"])
+    assert code == 0, err
+    path = stdout.split("recaption:")[-1].strip()
+    stored = json.loads(open(path).read())
+    assert stored["provenance"]["style"] == "descriptive" and len(stored["captions"]) == 64
+    assert stored["provenance"]["captioner"] == str(cap / "checkpoint")
+    run = tmp_path / "t2i"
+    code, _, err = run_cli(capsys, ["train", "--preset", "tiny-t2i", "--out", str(run),
+                                    "--set", f"data.captions=recaption:{path}", "data.caption_blend=0.5"])
+    assert code == 0, err
+    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["synthetic_share"] <= 1 for r in logs if "synthetic_share" in r)
+    code, stdout, err = run_cli(capsys, ["sample", str(run / "checkpoint"), "--prompt", "a small red circle in the "
+                                         "center", "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.png")])
+    assert code == 0, err

@@ -230,6 +230,7 @@ def _controlnet_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from latentdiff.cli.cascade import add_cascade_args, add_upscale_parser
+    from latentdiff.cli.captioning import add_recaption_parser
     from latentdiff.cli.evaluate import add_eval_parser
     from latentdiff.cli.unclip import add_prior_args, add_unclip_parsers
 
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
     add_upscale_parser(sub, _sampling_args)
     add_unclip_parsers(sub, _sampling_args)
+    add_recaption_parser(sub)
 
     add_eval_parser(sub, _sampling_args, _controlnet_arg)
 

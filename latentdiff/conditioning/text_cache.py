@@ -92,3 +92,18 @@ class TextConditioned:
     def get_batch(self, index: torch.Tensor) -> dict:
         index = torch.as_tensor(index, dtype=torch.long)
         return {**self.base.get_batch(index), **self.table.rows(self.caption_ids[index])}
+
+
+class BlendedText(TextConditioned):
+    """A recaptioned dataset whose batches carry both captions' text conditions, for DALL·E 3's blend
+    (``objectives.blend``): {"text", "text_mask", "pooled"} of the synthetic caption and the same keys
+    with ``_original`` appended of the original caption (``original_captions``, one per item)."""
+
+    def __init__(self, base, captions: list[str], original_captions: list[str], table: TextTable):
+        super().__init__(base, captions, table)
+        self.original_ids = table.ids(original_captions)
+
+    def get_batch(self, index: torch.Tensor) -> dict:
+        index = torch.as_tensor(index, dtype=torch.long)
+        original = self.table.rows(self.original_ids[index])
+        return {**super().get_batch(index), **{f"{k}_original": v for k, v in original.items()}}

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ..config import Config
+from .captions import check_source, with_caption_source
 from .fashion_mnist import CLASS_NAMES, FashionMNIST, class_caption, read_idx
 from .image_folder import ImageFolder, _scan
 from .photos import PhotoCrops
@@ -42,6 +43,11 @@ class DataConfig(Config):
         source_size: read (draw, crop) the images at this size, then downsample them (antialiased
             bicubic) to ``image_size``: what a cascade's base model is trained on; None: read at
             ``image_size``.
+        captions: the training split's captions: ``exact`` (the dataset's), ``alt`` (its alt-text),
+            ``recaption:PATH`` (a captioner's, ``latentdiff recaption``; ``data.captions``).
+        caption_blend: with ``recaption:PATH``, the probability that a training item uses its
+            synthetic caption (else its original, the alt-text), drawn per item per step
+            (DALL·E 3: 0.95).
         class_names: ``folder`` only: the class folders in label order, filled in from the data
             when a run starts (``data.resolve.resolve_data``) and saved with the checkpoint, so that
             ``sample --class-label NAME`` works; () = unlabelled, or not resolved yet.
@@ -55,6 +61,8 @@ class DataConfig(Config):
     seed: int = 0
     class_names: tuple[str, ...] = ()
     source_size: int | None = None
+    captions: str = "exact"
+    caption_blend: float = 0.95
 
     def __post_init__(self):
         # checked when the config is made, so a bad ``--set data.*`` fails before a run folder exists
@@ -68,9 +76,17 @@ class DataConfig(Config):
             raise ValueError(f"data.source_size={self.source_size} must be at least data.image_size={self.image_size}")
         if len(set(self.class_names)) != len(self.class_names) or not all(self.class_names):
             raise ValueError(f"data.class_names must be distinct non-empty names, got {list(self.class_names)}")
+        check_source(self.captions)
+        if not 0 <= self.caption_blend <= 1:
+            raise ValueError(f"data.caption_blend must be in [0, 1], got {self.caption_blend}")
 
 
 def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
+    """Build the dataset named by ``cfg`` for ``split``, its training captions from ``cfg.captions``."""
+    return with_caption_source(_build_images(cfg, split), cfg, split)
+
+
+def _build_images(cfg: DataConfig, split: str = "train") -> Dataset:
     """Build the dataset named by ``cfg`` for ``split`` ("train" or "test").
 
     A ``"folder"`` dataset uses ``root/<split>`` when ``root`` has both
@@ -78,7 +94,7 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> Dataset:
     With ``source_size`` the images are read at that size and downsampled (``resized.Downsampled``).
     """
     if cfg.source_size is not None and cfg.source_size != cfg.image_size:
-        full = build_dataset(cfg.replace(image_size=cfg.source_size, source_size=None), split)
+        full = _build_images(cfg.replace(image_size=cfg.source_size, source_size=None), split)
         return Downsampled(full, cfg.image_size)
     if cfg.name == "fmnist":
         if cfg.channels != 1:

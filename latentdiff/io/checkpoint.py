@@ -69,6 +69,18 @@ class Checkpoint:
     path: Path
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """16 hex digits of the SHA-1 of a model's weights (its state dict, names sorted): equal for two
+    checkpoints that compute alike; what a run records of the model it was built on."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _old_path(path: Path) -> Path:
     return path.with_name(path.name + ".old")
 

@@ -113,3 +113,39 @@ def evaluate_captioner(model: Captioner, cfg: CaptionerRunConfig, n: int = 1000,
             "labelled_share": cfg.labelled_share,
             "examples": [{"ground_truth": test.captions[i], "alt_text": test.alt_texts[i], "descriptive": captions[i],
                           "short": short[i]} for i in range(8)]}
+
+
+def recaption_dataset(captioner_ckpt: str | Path, data_cfg, style: str = "descriptive", beam_width: int = 1,
+                      out: str | Path | None = None, batch_size: int = 500, progress: bool = True) -> Path:
+    """Caption every training item of ``data_cfg`` with a captioner and write the captions, with their
+    provenance, beside the data (``data.captions``): to ``out``, else to
+    ``cache_dir()/captions/<key>.json`` keyed by the captioner's weights, style, beam and data (an
+    existing file is reused). Returns the path; train with ``--set data.captions=recaption:PATH``."""
+    import hashlib
+    import json
+
+    from latentdiff.data.captions import data_key, save_recaptions
+    from latentdiff.eval.fd import cache_dir
+    from latentdiff.io.checkpoint import weights_fingerprint
+
+    model, cfg = load_captioner(captioner_ckpt)
+    c = model.cfg
+    if (data_cfg.image_size, data_cfg.channels) != (c.image_size, c.in_channels):
+        raise ValueError(f"the captioner {captioner_ckpt} reads {c.in_channels}-channel {c.image_size} px images but "
+                         f"the data is {data_cfg.channels}-channel {data_cfg.image_size} px")
+    fingerprint = weights_fingerprint(model)
+    provenance = {"captioner": str(captioner_ckpt), "fingerprint": fingerprint, "style": style,
+                  "beam_width": beam_width, "data": data_key(data_cfg), "split": "train"}
+    if out is None:
+        key = hashlib.sha1(json.dumps(provenance | {"captioner": ""}, sort_keys=True).encode()).hexdigest()[:16]
+        out = cache_dir() / "captions" / f"{key}.json"
+        if out.is_file():
+            return out
+    train = build_dataset(data_cfg.replace(captions="exact"), "train")
+    captions = []
+    with tqdm(total=len(train), desc=f"recaption ({style})", unit="img", disable=not progress) as bar:
+        for i in range(0, len(train), batch_size):
+            x = train.get_batch(torch.arange(i, min(i + batch_size, len(train))))["x"]
+            captions += caption_images(model, x, style, beam_width, batch_size)
+            bar.update(len(x))
+    return save_recaptions(out, captions, provenance | {"n": len(captions)})

@@ -11,11 +11,13 @@ from tqdm.auto import tqdm
 
 from latentdiff.accel import prepare, training_memory_format
 from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
+from latentdiff.conditioning.text_cache import BlendedText
 from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.data.resolve import resolve_data
 from latentdiff.io.checkpoint import load_checkpoint, read_config
 from latentdiff.nn.superres import resample
 from latentdiff.nn.unet import UNet
+from latentdiff.objectives.blend import CaptionBlend
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.objectives.superres import SuperResLoss, augment_at_level
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
@@ -184,14 +186,19 @@ def text_encoder_for(cfg: RunConfig) -> TextEncoder | None:
 
 def text_conditioned(cfg: RunConfig, dataset, extra_prompts: list[str] = ()) -> TextConditioned:
     """``dataset`` (images or their latents) with each item's caption encoded, from the text cache.
-    The table also holds ``extra_prompts`` (the training grids' prompts)."""
-    captions = getattr(dataset, "captions", None) or build_dataset(cfg.data, "train").captions
-    table = text_table(cfg.text, list(captions) + list(extra_prompts))
+    The table also holds ``extra_prompts`` (the training grids' prompts). A recaptioned dataset's
+    batches carry its original captions' conditions too (``BlendedText``; train_run blends them)."""
+    # latents carry no captions: those of the images they encode
+    source = dataset if getattr(dataset, "captions", None) else build_dataset(cfg.data, "train")
+    captions, originals = list(source.captions), getattr(source, "original_captions", None)
+    table = text_table(cfg.text, captions + list(originals or []) + list(extra_prompts))
     width = table.tokens.shape[-1]
     if cfg.model.context_dim not in (0, width) or cfg.model.pooled_dim not in (0, width):
         raise ValueError(f"the text encoder gives {width}-d states but the U-Net has context_dim "
                          f"{cfg.model.context_dim}, pooled_dim {cfg.model.pooled_dim}")
-    return TextConditioned(dataset, list(captions), table)
+    if originals is not None:  # recaptioned (data.captions=recaption:PATH): both captions, for the blend
+        return BlendedText(dataset, captions, list(originals), table)
+    return TextConditioned(dataset, captions, table)
 
 
 def grid_conditions(cfg: RunConfig, prompts: list[str] | None, n_grid: int | None = None):
@@ -272,6 +279,8 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
     else:
         loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
         sample_fn = diffusion_grid(cfg, prompts, getattr(dataset, "table", None), autoencoder)
+    if isinstance(dataset, BlendedText):
+        loss_fn = CaptionBlend(loss_fn, cfg.data.caption_blend)
     trainer = Trainer(net, loss_fn, dataset, cfg.train, out_dir, run_config=cfg.to_dict(), sample_fn=sample_fn,
                       cpu=cpu)
     return trainer.train()

@@ -22,13 +22,11 @@ from tqdm.auto import tqdm
 
 
 def clip_fingerprint(model: nn.Module) -> str:
-    """16 hex digits of the SHA-1 of a CLIP model's weights (its state dict, names sorted): two
-    checkpoints with the same fingerprint embed alike; a prior and a decoder must share one."""
-    h = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A CLIP model's weights fingerprint (``io.checkpoint.weights_fingerprint``): a prior and a
+    decoder must share one."""
+    from latentdiff.io.checkpoint import weights_fingerprint
+
+    return weights_fingerprint(model)
 
 
 @torch.no_grad()
