@@ -73,7 +73,7 @@ class UNetConfig(Config):
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.image_embed_dim and not (self.context_dim and self.image_embed_tokens >= 1):
-            raise ValueError("an unCLIP decoder (model.image_embed_dim > 0) needs model.context_dim > 0 and "
+            raise ValueError("model.image_embed_dim > 0 (an unCLIP decoder) must come with model.context_dim > 0 and "
                              "model.image_embed_tokens >= 1: its image tokens join the cross-attention context")
 
 

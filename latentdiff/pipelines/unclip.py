@@ -139,8 +139,9 @@ def decoder_parts(cfg, dataset, test, autoencoder=None):
 
 
 def decoder_grid(cfg, test, clip, clip_cfg, table, autoencoder):
-    """A decoder's training grid: the first ``n_grid // 2`` test images (top rows) above the EMA
-    model's decodings of their CLIP embeddings (with their captions where the run has text)."""
+    """A decoder's training grid: the first ``n_grid // 2`` test images, ten to a row, each row
+    followed by the EMA model's decodings of their CLIP embeddings (with their captions where the
+    run has text)."""
     real = test.get_batch(torch.arange(min(max(1, cfg.sample.n_grid // 2), len(test))))["x"]
     with torch.no_grad():
         embeds = clip.encode_image(images_for_clip(real, clip_cfg))
@@ -150,10 +151,12 @@ def decoder_grid(cfg, test, clip, clip_cfg, table, autoencoder):
         images = generate(make_denoiser(ema_model, cfg), len(real),
                           Conditioning(prompts=prompts, text_encoder=table, image_embeds=embeds),
                           bf16=samples_in_bf16(cfg), autoencoder=autoencoder, **sampling_options(cfg.sample))
-        return torch.cat([real, images])
+        rows = [part for i in range(0, len(real), 10) for part in (real[i:i + 10], images[i:i + 10])]
+        return torch.cat(rows)
 
-    sample_fn.caption = "top: test images, bottom: the EMA decoder's samples from their CLIP image embeddings"
-    sample_fn.nrow = len(real)
+    sample_fn.caption = ("odd rows: test images; even rows: the EMA decoder's samples from their CLIP image "
+                         "embeddings")
+    sample_fn.nrow = min(10, len(real))
     return sample_fn
 
 

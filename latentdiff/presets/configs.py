@@ -102,7 +102,7 @@ class RunConfig(Config):
             if net.image_size % sr.factor:
                 raise ValueError(f"model.image_size must be divisible by superres.factor {sr.factor}, got {net.image_size}")
         if (self.unclip is None) != (net.image_embed_dim == 0):
-            raise ValueError("an unCLIP decoder needs both an unclip section (its CLIP checkpoint) and "
+            raise ValueError("an unCLIP decoder must have both an unclip section (its CLIP checkpoint) and "
                              f"model.image_embed_dim > 0; got unclip={'set' if self.unclip else 'null'}, "
                              f"model.image_embed_dim={net.image_embed_dim}")
 
