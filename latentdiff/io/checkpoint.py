@@ -165,6 +165,20 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old)
 
 
+def load_run_model(path: str | os.PathLike, task: str, name: str, config_cls, build, use_ema: bool = True):
+    """A checkpoint of the run kind ``task`` (its config's ``task``; ``name`` says it in the error) ->
+    (``build(cfg)`` with the checkpoint's weights, the EMA's where it has them and ``use_ema``, in eval
+    mode and frozen; ``config_cls.from_dict`` of its config)."""
+    state = load_checkpoint(path, trainer_state=False)
+    if state.config.get("task") != task:
+        raise ValueError(f"{path} is not a {name} checkpoint (its config has task={state.config.get('task')!r}, "
+                         f"not {task!r})")
+    cfg = config_cls.from_dict(state.config)
+    model = build(cfg)
+    model.load_state_dict(state.ema_state if use_ema and state.ema_state is not None else state.model_state)
+    return model.eval().requires_grad_(False), cfg
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Only the run config of the checkpoint at ``path`` (no tensors read); FileNotFoundError if none."""
     found = resolve_checkpoint(path)

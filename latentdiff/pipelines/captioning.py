@@ -14,8 +14,8 @@ from latentdiff.captioning.data import LabelledShare, labelled_indices, style_ca
 from latentdiff.captioning.model import STYLES, Captioner
 from latentdiff.captioning.text import CaptionLoss, beam, build_vocab, greedy
 from latentdiff.data import build_dataset
-from latentdiff.io.checkpoint import load_checkpoint
-from latentdiff.presets.captioning import CaptionerRunConfig, is_captioner_config
+from latentdiff.io.checkpoint import load_run_model
+from latentdiff.presets.captioning import CaptionerRunConfig
 from latentdiff.training.start import seeded_run
 from latentdiff.training.trainer import Trainer
 
@@ -46,14 +46,8 @@ def train_captioner_run(cfg: CaptionerRunConfig, out_dir: str | Path, cpu: bool 
 
 def load_captioner(ckpt: str | Path, use_ema: bool = True) -> tuple[Captioner, CaptionerRunConfig]:
     """A captioner checkpoint -> (Captioner in eval mode, its run config)."""
-    state = load_checkpoint(ckpt, trainer_state=False)
-    if not is_captioner_config(state.config):
-        raise ValueError(f"{ckpt} is not a captioner checkpoint (its config has task="
-                         f"{state.config.get('task')!r}, not 'captioner')")
-    cfg = CaptionerRunConfig.from_dict(state.config)
-    model = Captioner(cfg.captioner)
-    model.load_state_dict(state.ema_state if use_ema and state.ema_state is not None else state.model_state)
-    return model.eval().requires_grad_(False), cfg
+    return load_run_model(ckpt, "captioner", "captioner", CaptionerRunConfig, lambda c: Captioner(c.captioner),
+                          use_ema)
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ from latentdiff.clip.metrics import clip_score, retrieval_recall, zero_shot_accu
 from latentdiff.clip.model import CLIPModel
 from latentdiff.conditioning import TextEncoder, text_table
 from latentdiff.data import build_dataset
-from latentdiff.io.checkpoint import load_checkpoint
-from latentdiff.presets.clip import CLIPRunConfig, is_clip_config
+from latentdiff.io.checkpoint import load_run_model
+from latentdiff.presets.clip import CLIPRunConfig
 from latentdiff.training.start import seeded_run
 from latentdiff.training.trainer import Trainer
 
@@ -61,14 +61,8 @@ def load_clip(ckpt: str | Path, use_ema: bool = True, device: str | torch.device
               text_encoder: bool = True) -> tuple[CLIPModel, CLIPRunConfig, TextEncoder | None]:
     """A CLIP checkpoint directory -> (CLIPModel in eval mode, frozen, its run config, the run's
     frozen text encoder (``condition(prompts)`` for any prompt; None when ``text_encoder`` is False))."""
-    state = load_checkpoint(ckpt, trainer_state=False)
-    if not is_clip_config(state.config):
-        raise ValueError(f"{ckpt} is not a CLIP checkpoint (its config has task={state.config.get('task')!r}, "
-                         "not 'clip')")
-    cfg = CLIPRunConfig.from_dict(state.config)
-    model = build_clip(cfg)
-    model.load_state_dict(state.ema_state if use_ema and state.ema_state is not None else state.model_state)
-    model = model.to(device).eval().requires_grad_(False)
+    model, cfg = load_run_model(ckpt, "clip", "CLIP", CLIPRunConfig, build_clip, use_ema)
+    model = model.to(device)
     encoder = TextEncoder(cfg.text.encoder, cfg.text.max_length) if text_encoder else None
     return model, cfg, encoder
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from latentdiff.conditioning import TextEncoder, text_table
 from latentdiff.data import build_dataset
-from latentdiff.io.checkpoint import load_checkpoint, read_config
+from latentdiff.io.checkpoint import load_run_model, read_config
 from latentdiff.nn.prior import PriorTransformer
 from latentdiff.objectives.diffusion import DiffusionLoss
 from latentdiff.objectives.unclip import DecoderLoss
@@ -20,7 +20,7 @@ from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import (generate, load_model, make_denoiser, samples_in_bf16, sampling_options,
                                             text_encoder_for)
 from latentdiff.precond import Denoiser
-from latentdiff.presets.unclip import PriorRunConfig, is_prior_config
+from latentdiff.presets.unclip import PriorRunConfig
 from latentdiff.training.start import seeded_run
 from latentdiff.training.trainer import Trainer
 from latentdiff.unclip.data import ImageEmbedded, PriorPairs
@@ -89,15 +89,10 @@ def train_prior_run(cfg: PriorRunConfig, out_dir: str | Path, cpu: bool | None =
 
 def load_prior(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
     """A prior checkpoint -> (Denoiser over sqrt(D)-scaled embeddings, PriorRunConfig, PriorText)."""
-    state = load_checkpoint(ckpt, trainer_state=False)
-    if not is_prior_config(state.config):
-        raise ValueError(f"{ckpt} is not a diffusion prior checkpoint (its config has task="
-                         f"{state.config.get('task')!r}, not 'prior')")
-    cfg = PriorRunConfig.from_dict(state.config)
-    net = PriorTransformer(cfg.prior)
-    net.load_state_dict(state.ema_state if use_ema and state.ema_state is not None else state.model_state)
+    net, cfg = load_run_model(ckpt, "prior", "diffusion prior", PriorRunConfig, lambda c: PriorTransformer(c.prior),
+                              use_ema)
     clip, _, _ = clip_with_fingerprint(cfg.clip, cfg.clip_fingerprint)
-    denoiser = make_denoiser(net.to(device).eval().requires_grad_(False), cfg)
+    denoiser = make_denoiser(net.to(device), cfg)
     return denoiser, cfg, PriorText(clip, TextEncoder(cfg.text.encoder, cfg.text.max_length))
 
 

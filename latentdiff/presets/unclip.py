@@ -67,20 +67,21 @@ def _prior_train(minutes: float) -> TrainConfig:
                        checkpoint_every=250, log_every=25)
 
 
-def shapes_prior() -> PriorRunConfig:
+def _prior(dataset: str, channels: int) -> PriorRunConfig:
+    """The prior on ``dataset``'s captions and its ``<dataset>-clip`` model's embeddings, 6 minutes."""
     return PriorRunConfig(
-        description="unCLIP diffusion prior on shapes captions -> shapes-clip image embeddings (train shapes-clip "
-                    "into runs/shapes-clip first); 6 min on 2 CPU cores",
-        clip="runs/shapes-clip/checkpoint", data=DataConfig(name="shapes", image_size=32, channels=3),
+        description=f"unCLIP diffusion prior on {dataset} captions -> {dataset}-clip image embeddings (train "
+                    f"{dataset}-clip into runs/{dataset}-clip first); 6 min on 2 CPU cores",
+        clip=f"runs/{dataset}-clip/checkpoint", data=DataConfig(name=dataset, image_size=32, channels=channels),
         train=_prior_train(6.0))
+
+
+def shapes_prior() -> PriorRunConfig:
+    return _prior("shapes", 3)
 
 
 def fmnist_prior() -> PriorRunConfig:
-    return PriorRunConfig(
-        description="unCLIP diffusion prior on Fashion-MNIST captions -> fmnist-clip image embeddings (train "
-                    "fmnist-clip into runs/fmnist-clip first); 6 min on 2 CPU cores",
-        clip="runs/fmnist-clip/checkpoint", data=DataConfig(name="fmnist", image_size=32, channels=1),
-        train=_prior_train(6.0))
+    return _prior("fmnist", 1)
 
 
 def shapes_unclip_decoder() -> RunConfig:
