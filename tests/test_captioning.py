@@ -170,6 +170,37 @@ def test_captioner_to_recaption_to_text_to_image_through_the_cli(tmp_path, capsy
     assert code == 0, err
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= r["synthetic_share"] <= 1 for r in logs if "synthetic_share" in r)
-    code, stdout, err = run_cli(capsys, ["sample", str(run / "checkpoint"), "--prompt", "a small red circle in the "
-                                         "center", "--n", "2", "--steps", "2", "--out", str(tmp_path / "s.png")])
+    up = tmp_path / "upsampler"
+    code, _, err = run_cli(capsys, ["train", "--preset", "tiny-upsampler", "--out", str(up)])
     assert code == 0, err
+    code, stdout, err = run_cli(capsys, ["sample", str(run / "checkpoint"), "--prompt", "a red circle",
+                                         "--upsample-prompt", str(up / "checkpoint"), "--n", "2", "--steps", "2",
+                                         "--out", str(tmp_path / "s.png")])
+    assert code == 0, err
+    assert "upsampled: 'a red circle' -> " in err and (tmp_path / "s.png").exists()
+
+
+def test_an_upsampler_that_memorised_a_rewrite_returns_it_and_samples_reproducibly():
+    from latentdiff.captioning import PromptUpsampler, sample
+    from latentdiff.pipelines.captioning import upsample_prompts
+
+    torch.manual_seed(0)
+    model = PromptUpsampler(CFG)
+    source = encode_captions(CFG, ["a red circle"], "short")
+    target = encode_captions(CFG, ["a small red circle"], "descriptive")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = caption_loss(model(source, target[:, :-1]), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert greedy(model, source, "descriptive") == ["a small red circle"]
+    assert upsample_prompts(model, ["a red circle"], temperature=0.1) == ["a small red circle"]
+    many = source.expand(50, -1)
+    hot = dict(temperature=5.0)
+    first = sample(model, many, "descriptive", generator=torch.Generator().manual_seed(1), **hot)
+    assert first == sample(model, many, "descriptive", generator=torch.Generator().manual_seed(1), **hot)
+    assert len(set(first)) > 1  # at a high temperature the draws differ
+    with pytest.raises(ValueError, match="'blue'"):
+        upsample_prompts(model, ["a blue circle"])

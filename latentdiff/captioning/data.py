@@ -33,11 +33,12 @@ class LabelledShare:
 
     Only the items in ``indices`` exist here (``len`` is their count; ``captions`` are theirs):
     ``get_batch(index (B,))`` -> {"x" (B, C, S, S) of items indices[index], "tokens" (B, K, T): their
-    captions in each of the K styles, as ids}.
+    captions in each of the K styles, as ids}; with ``images`` False (a prompt upsampler's data) "x"
+    is the short captions' ids (B, T) instead.
     """
 
-    def __init__(self, base, indices: torch.Tensor, cfg: CaptionerConfig):
-        self.base, self.indices = base, indices
+    def __init__(self, base, indices: torch.Tensor, cfg: CaptionerConfig, images: bool = True):
+        self.base, self.indices, self.images = base, indices, images
         self.captions = [base.captions[i] for i in indices.tolist()]
         self.tokens = torch.stack([encode_captions(cfg, style_captions(base, indices, s), s) for s in STYLES], 1)
         self.num_classes = 0
@@ -47,4 +48,6 @@ class LabelledShare:
 
     def get_batch(self, index: torch.Tensor) -> dict:
         index = torch.as_tensor(index, dtype=torch.long)
+        if not self.images:
+            return {"x": self.tokens[index, STYLES.index("short")], "tokens": self.tokens[index]}
         return {"x": self.base.get_batch(self.indices[index])["x"], "tokens": self.tokens[index]}

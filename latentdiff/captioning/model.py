@@ -67,38 +67,77 @@ class CaptionerConfig(Config):
         return (PAD, EOS, *(f"<{s}>" for s in STYLES), *self.vocab)
 
 
-class Captioner(nn.Module):
-    """``forward(images (B, C, S, S), tokens (B, T) int64) -> logits (B, T, V)``: the next-token
-    logits after each prefix of ``tokens`` (a style token first), conditioned on the images."""
+class TextDecoder(nn.Module):
+    """The caption decoder: ``decode(context (B, N, dim), tokens (B, T) int64, context_mask (B, N) | None)
+    -> logits (B, T, V)``: causal self-attention over the tokens so far, cross-attention to the
+    context, the next-token logits after each prefix. The captioner and the prompt upsampler are
+    this decoder with an encoder of their own (``encode``)."""
 
     def __init__(self, cfg: CaptionerConfig):
         super().__init__()
         if not cfg.vocab:
-            raise ValueError("the captioner's vocabulary is empty (captioner.vocab is filled in at training time)")
+            raise ValueError("the vocabulary is empty (captioner.vocab is filled in at training time)")
         self.cfg = cfg
-        tower = cfg.image_tower()
-        self.image_tower = ImageTower(tower)
-        channels = tower.width * tower.stage_mult[-1]
-        self.image_proj = nn.Linear(channels, cfg.dim)
-        self.image_pos = nn.Parameter(torch.randn(tower.feature_size ** 2, cfg.dim) * 0.02)
         self.embed = nn.Embedding(len(cfg.tokens), cfg.dim)
         self.pos = nn.Parameter(torch.randn(cfg.max_length, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.dim, cfg.heads) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, len(cfg.tokens))
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, S, S) in [-1, 1] -> image tokens (B, s*s, dim)."""
-        return self.image_proj(self.image_tower.features(images)) + self.image_pos
-
-    def decode(self, context: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Image tokens (B, N, dim) and token ids (B, T) -> next-token logits (B, T, V)."""
+    def decode(self, context: torch.Tensor, tokens: torch.Tensor,
+               context_mask: torch.Tensor | None = None) -> torch.Tensor:
         T = tokens.shape[1]
         h = self.embed(tokens) + self.pos[:T]
         causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril().expand(len(tokens), T, T)
         for block in self.blocks:
-            h = block(h, context, self_mask=causal)
+            h = block(h, context, context_mask, self_mask=causal)
         return self.head(self.norm(h))
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(images), tokens)
+    def forward(self, inputs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The next-token logits (B, T, V) after each prefix of ``tokens`` given the encoded ``inputs``."""
+        return self.decode(self.encode(inputs), tokens)
+
+
+class Captioner(TextDecoder):
+    """``forward(images (B, C, S, S), tokens (B, T) int64) -> logits (B, T, V)``: the next-token
+    logits after each prefix of ``tokens`` (a style token first), conditioned on the images."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__(cfg)
+        tower = cfg.image_tower()
+        self.image_tower = ImageTower(tower)
+        self.image_proj = nn.Linear(tower.width * tower.stage_mult[-1], cfg.dim)
+        self.image_pos = nn.Parameter(torch.randn(tower.feature_size ** 2, cfg.dim) * 0.02)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, S, S) in [-1, 1] -> image tokens (B, s*s, dim)."""
+        return self.image_proj(self.image_tower.features(images)) + self.image_pos
+
+
+class PromptUpsampler(TextDecoder):
+    """DALL·E 3's prompt upsampling (Betker et al. 2023, section 3.5 and appendix C, done there by
+    GPT-4) as the captioner's decoder conditioned on text instead of an image: a short prompt's
+    token ids (B, T_s) (the same vocabulary, its style token first) are encoded by ``layers``
+    bidirectional transformer layers (padding masked) and the decoder writes the descriptive
+    caption. ``cfg``'s image-tower fields are not used."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__(cfg)
+        self.source_embed = nn.Embedding(len(cfg.tokens), cfg.dim)
+        self.source_pos = nn.Parameter(torch.randn(cfg.max_length, cfg.dim) * 0.02)
+        self.source_blocks = nn.ModuleList(TransformerBlock(cfg.dim, 0, cfg.heads) for _ in range(cfg.layers))
+
+    def encode(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Short prompts' token ids (B, T_s) -> (states (B, T_s, dim), valid (B, T_s): not padding)."""
+        valid = source != 0
+        h = self.source_embed(source) + self.source_pos[:source.shape[1]]
+        mask = valid[:, None, :].expand(-1, source.shape[1], -1)
+        for block in self.source_blocks:
+            h = block(h, self_mask=mask)
+        return h, valid
+
+    def decode(self, context, tokens: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``context``: ``encode``'s (states, valid), or states with ``context_mask``."""
+        if isinstance(context, tuple):
+            context, context_mask = context
+        return super().decode(context, tokens, context_mask)

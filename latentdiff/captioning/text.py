@@ -65,13 +65,17 @@ def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 class CaptionLoss:
     """``loss_fn(model, batch, generator) -> (loss, logs)`` for the trainer: ``batch["tokens"]`` (B, K, T)
-    holds K captions (one per style) of each image ``batch["x"]`` (B, C, S, S); the image is encoded
-    once and every caption decoded against it."""
+    holds K captions (one per style) of each input ``batch["x"]`` (images (B, C, S, S), or an
+    upsampler's short prompts (B, T)); the input is encoded once and every caption decoded against
+    it. ``styles``: the indices of the K styles trained (an upsampler writes the descriptive one)."""
+
+    def __init__(self, styles: tuple[int, ...] | None = None):
+        self.styles = styles
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
-        tokens = batch["tokens"]
+        tokens = batch["tokens"] if self.styles is None else batch["tokens"][:, list(self.styles)]
         B, K, T = tokens.shape
-        context = model.encode(batch["x"]).repeat_interleave(K, dim=0)
+        context = repeat_context(model.encode(batch["x"]), K)
         flat = tokens.flatten(0, 1)
         logits = model.decode(context, flat[:, :-1])
         loss = caption_loss(logits, flat)
@@ -85,16 +89,24 @@ def not_words(cfg: CaptionerConfig, device) -> torch.Tensor:
     return torch.tensor([t == PAD or (t.startswith("<") and t != EOS) for t in cfg.tokens], device=device)
 
 
+def repeat_context(context, k: int):
+    """An encoder's output (a tensor, or the upsampler's (states, mask)) with each row repeated k times."""
+    if isinstance(context, tuple):
+        return tuple(c.repeat_interleave(k, dim=0) for c in context)
+    return context.repeat_interleave(k, dim=0)
+
+
 @torch.no_grad()
-def greedy(model: nn.Module, images: torch.Tensor, style: str) -> list[str]:
-    """The most likely next word at every step, from the style token to <eos> (or max_length)."""
+def decode_loop(model: nn.Module, inputs: torch.Tensor, style: str, pick) -> list[str]:
+    """One token at a time from the style token to <eos> (or max_length): ``pick(logits (B, V)) -> (B,)``
+    chooses each next token from the logits, the ids a caption never continues with excluded."""
     cfg = model.cfg
-    context = model.encode(images)
-    seq = torch.full((len(images), 1), style_id(cfg, style), dtype=torch.long, device=images.device)
-    done = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-    eos = cfg.tokens.index(EOS)
+    context = model.encode(inputs)
+    seq = torch.full((len(inputs), 1), style_id(cfg, style), dtype=torch.long, device=inputs.device)
+    done = torch.zeros(len(inputs), dtype=torch.bool, device=inputs.device)
+    eos, banned = cfg.tokens.index(EOS), not_words(cfg, inputs.device)
     for _ in range(cfg.max_length - 1):
-        nxt = model.decode(context, seq)[:, -1].masked_fill(not_words(cfg, images.device), float("-inf")).argmax(-1)
+        nxt = pick(model.decode(context, seq)[:, -1].float().masked_fill(banned, float("-inf")))
         nxt = torch.where(done, torch.zeros_like(nxt), nxt)
         seq = torch.cat([seq, nxt[:, None]], 1)
         done |= nxt == eos
@@ -103,13 +115,33 @@ def greedy(model: nn.Module, images: torch.Tensor, style: str) -> list[str]:
     return decode_ids(cfg, seq[:, 1:].cpu())
 
 
+def greedy(model: nn.Module, inputs: torch.Tensor, style: str) -> list[str]:
+    """The most likely next word at every step (``inputs``: images for a captioner, short prompts' ids
+    for an upsampler)."""
+    return decode_loop(model, inputs, style, lambda logits: logits.argmax(-1))
+
+
+def sample(model: nn.Module, inputs: torch.Tensor, style: str, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> list[str]:
+    """Every next word drawn from softmax(logits / temperature) with ``generator`` (CPU): how the prompt
+    upsampler fills in what a short prompt leaves open."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    def draw(logits):
+        probs = (logits / temperature).softmax(-1).cpu()
+        return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
+
+    return decode_loop(model, inputs, style, draw)
+
+
 @torch.no_grad()
 def beam(model: nn.Module, images: torch.Tensor, style: str, width: int = 3) -> list[str]:
     """Beam search: the ``width`` most likely prefixes (summed log-probabilities) kept at every step;
     a finished beam (<eos>) keeps its score; the best finished caption of each image."""
     cfg = model.cfg
     B, eos = len(images), cfg.tokens.index(EOS)
-    context = model.encode(images).repeat_interleave(width, dim=0)                  # (B k, N, dim)
+    context = repeat_context(model.encode(images), width)                           # (B k, N, dim)
     seq = torch.full((B * width, 1), style_id(cfg, style), dtype=torch.long, device=images.device)
     score = torch.full((B, width), float("-inf"), device=images.device)
     score[:, 0] = 0.0                                                               # one live beam at the start

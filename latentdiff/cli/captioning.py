@@ -22,6 +22,20 @@ def cmd_recaption(args) -> None:
     print(f"wrote {path}\ntrain on it with: --set data.captions=recaption:{path}")
 
 
+def upsampled(upsampler_ckpt: str, prompts: list[str], seed: int) -> list[str]:
+    """``sample --upsample-prompt UPSAMPLER``: each prompt rewritten (one sampled draw per image),
+    the rewrites printed."""
+    import sys
+
+    from latentdiff.pipelines.captioning import load_upsampler, upsample_prompts
+
+    model, _ = load_upsampler(upsampler_ckpt)
+    rewritten = upsample_prompts(model, prompts, seed=seed)
+    for short, long in list(dict.fromkeys(zip(prompts, rewritten)))[:16]:
+        print(f"upsampled: {short!r} -> {long!r}", file=sys.stderr)
+    return rewritten
+
+
 def add_recaption_parser(sub) -> None:
     p = sub.add_parser("recaption", help="DALL·E 3: caption a training set with a captioner, for "
                        "--set data.captions=recaption:PATH")

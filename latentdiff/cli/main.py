@@ -106,8 +106,12 @@ def cmd_sample(args) -> None:
     if cfg.text is not None:
         shown = [args.prompt] if args.prompt is not None else prompt_rows(grid_prompts(cfg.data), args.n)
         prompts = [p for p in shown for _ in range(args.n // len(shown))]  # exactly n
-    elif args.prompt is not None:
-        sys.exit(f"{args.ckpt} is not a text-to-image model: --prompt needs one")
+        if args.upsample_prompt:
+            from latentdiff.cli.captioning import upsampled
+
+            prompts = upsampled(args.upsample_prompt, prompts, args.seed)
+    elif args.prompt is not None or args.upsample_prompt:
+        sys.exit(f"{args.ckpt} is not a text-to-image model: --prompt and --upsample-prompt need one")
     if args.upscaler:
         from latentdiff.cli.cascade import sample_cascade
 
@@ -281,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectory", metavar="PNG", help="also save the x0 prediction of each step (a row per sample)")
     p.add_argument("--prompt", help="text-to-image: the prompt (default: the run's grid prompts, a row each, "
                    "exactly --n images: as many prompts (at most 10) as divide --n evenly)")
+    p.add_argument("--upsample-prompt", metavar="UPSAMPLER", help="text-to-image: rewrite each prompt with this "
+                   "prompt upsampler (DALL·E 3), one sampled rewrite per image")
     p.add_argument("--negative-prompt", default="", help="text-to-image: what guidance steers away from "
                    "(default: the empty prompt, i.e. the unconditional model)")
     p.add_argument("--threshold", choices=("none", "static", "dynamic"), help="clip x0 predictions (pixel models; "

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentdiff.captioning.data import LabelledShare, labelled_indices, style_captions
-from latentdiff.captioning.model import STYLES, Captioner
+from latentdiff.captioning.model import STYLES, Captioner, PromptUpsampler
 from latentdiff.captioning.text import CaptionLoss, beam, build_vocab, greedy
 from latentdiff.data import build_dataset
 from latentdiff.io.checkpoint import load_run_model
@@ -38,16 +38,35 @@ def train_captioner_run(cfg: CaptionerRunConfig, out_dir: str | Path, cpu: bool 
     if cfg.captioner.vocab and tuple(cfg.captioner.vocab) != words:
         raise ValueError("captioner.vocab differs from the labelled share's words; leave it empty to fill it in")
     cfg = cfg.replace(captioner=cfg.captioner.replace(vocab=words))
-    data = LabelledShare(train, index, cfg.captioner)
-    trainer = Trainer(Captioner(cfg.captioner), CaptionLoss(), data, cfg.train, out_dir, run_config=cfg.to_dict(),
-                      cpu=cpu)
+    upsampler = cfg.task == "upsampler"  # short -> descriptive, from the same pairs
+    data = LabelledShare(train, index, cfg.captioner, images=not upsampler)
+    loss = CaptionLoss((STYLES.index("descriptive"),) if upsampler else None)
+    trainer = Trainer(build_model(cfg), loss, data, cfg.train, out_dir, run_config=cfg.to_dict(), cpu=cpu)
     return trainer.train()
 
 
 def load_captioner(ckpt: str | Path, use_ema: bool = True) -> tuple[Captioner, CaptionerRunConfig]:
     """A captioner checkpoint -> (Captioner in eval mode, its run config)."""
-    return load_run_model(ckpt, "captioner", "captioner", CaptionerRunConfig, lambda c: Captioner(c.captioner),
-                          use_ema)
+    return load_run_model(ckpt, "captioner", "captioner", CaptionerRunConfig, build_model, use_ema)
+
+
+def load_upsampler(ckpt: str | Path, use_ema: bool = True) -> tuple[PromptUpsampler, CaptionerRunConfig]:
+    """A prompt upsampler checkpoint -> (PromptUpsampler in eval mode, its run config)."""
+    return load_run_model(ckpt, "upsampler", "prompt upsampler", CaptionerRunConfig, build_model, use_ema)
+
+
+def build_model(cfg: CaptionerRunConfig) -> Captioner | PromptUpsampler:
+    return (PromptUpsampler if cfg.task == "upsampler" else Captioner)(cfg.captioner)
+
+
+def upsample_prompts(upsampler: PromptUpsampler, prompts: list[str], seed: int = 0,
+                     temperature: float = 1.0) -> list[str]:
+    """Short prompts -> descriptive prompts, what they leave open drawn from the upsampler (one draw
+    per prompt, from a CPU generator seeded with ``seed``). A word outside its vocabulary is named."""
+    from latentdiff.captioning.text import encode_captions, sample
+
+    source = encode_captions(upsampler.cfg, list(prompts), "short")
+    return sample(upsampler, source, "descriptive", temperature, torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ One module per family: ``diffusion`` (pixel, latent, text-to-image), ``autoencod
 from __future__ import annotations
 
 from latentdiff.presets.autoencoders import fmnist_vae, fmnist_vqvae, shapes_vae, tiny_vae
-from latentdiff.presets.captioning import CaptionerRunConfig, is_captioner_config, shapes_captioner, tiny_captioner
+from latentdiff.presets.captioning import (CaptionerRunConfig, is_captioner_config, shapes_captioner, shapes_upsampler,
+                                           tiny_captioner, tiny_upsampler)
 from latentdiff.presets.cascade import photo_sr4, shapes64_base, shapes64_single, shapes64_sr, tiny_sr
 from latentdiff.presets.clip import CLIPRunConfig, fmnist_clip, is_clip_config, shapes_clip, tiny_clip
 from latentdiff.presets.configs import (AutoencoderRunConfig, ControlNetRunConfig, DMDRunConfig, PairsConfig,
@@ -63,6 +64,8 @@ PRESETS = {
     "tiny-unclip-decoder": tiny_unclip_decoder,
     "shapes-captioner": shapes_captioner,
     "tiny-captioner": tiny_captioner,
+    "shapes-upsampler": shapes_upsampler,
+    "tiny-upsampler": tiny_upsampler,
 }
 
 

@@ -11,13 +11,16 @@ from latentdiff.config import Config
 from latentdiff.data import DataConfig
 from latentdiff.training.train_config import TrainConfig
 
+TASKS = ("captioner", "upsampler")
+
 
 @dataclasses.dataclass(frozen=True)
 class CaptionerRunConfig(Config):
-    """A captioner run: the captioned images, the labelled share of them it may read (a seeded subset;
-    ``share_seed``), the encoder-decoder, and the training loop."""
+    """A captioner run (``task`` captioner) or a prompt upsampler run (``task`` upsampler: short caption
+    -> descriptive caption, the same decoder conditioned on text): the captioned images, the labelled
+    share of them it may read (a seeded subset; ``share_seed``), the model, and the training loop."""
 
-    task: str = "captioner"       # the checkpoint kind (fixed)
+    task: str = "captioner"       # the checkpoint kind: captioner | upsampler
     description: str = ""         # one line shown by `latentdiff presets`
     data: DataConfig = DataConfig(name="shapes", image_size=32, channels=3)
     labelled_share: float = 0.05  # share of the training images whose exact caption may be used
@@ -26,8 +29,8 @@ class CaptionerRunConfig(Config):
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
-        if self.task != "captioner":
-            raise ValueError(f"task must be 'captioner' in a captioner run config, got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)} in a captioner run config, got {self.task!r}")
         if not 0 < self.labelled_share <= 1:
             raise ValueError(f"labelled_share must be in (0, 1], got {self.labelled_share}")
         if (self.captioner.in_channels, self.captioner.image_size) != (self.data.channels, self.data.image_size):
@@ -37,8 +40,8 @@ class CaptionerRunConfig(Config):
 
 
 def is_captioner_config(config: dict) -> bool:
-    """Whether a run's config dict is a captioner's."""
-    return config.get("task") == "captioner"
+    """Whether a run's config dict is a captioner's or a prompt upsampler's."""
+    return config.get("task") in TASKS
 
 
 def shapes_captioner() -> CaptionerRunConfig:
@@ -48,6 +51,18 @@ def shapes_captioner() -> CaptionerRunConfig:
         train=TrainConfig(batch_size=64, lr=1e-3, weight_decay=0.0, warmup_steps=100, grad_clip=1.0,
                           max_steps=100_000, max_minutes=15.0, ema_decay=0.995, mixed_precision="no",
                           sample_every=100_000, checkpoint_every=250, log_every=25))
+
+
+def shapes_upsampler() -> CaptionerRunConfig:
+    """Prompt upsampling (short -> descriptive) learned from the labelled share's caption pairs."""
+    base = shapes_captioner()
+    return base.replace(task="upsampler", description="prompt upsampler on the 5% labelled share of shapes: short "
+                        "prompt -> descriptive prompt, unspecified attributes sampled; 5 min on 2 CPU cores",
+                        train=base.train.replace(max_minutes=5.0))
+
+
+def tiny_upsampler() -> CaptionerRunConfig:
+    return tiny_captioner().replace(task="upsampler", description="tiny prompt upsampler, for tests")
 
 
 def tiny_captioner() -> CaptionerRunConfig:
