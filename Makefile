@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade unclip
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade unclip recaption
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -114,6 +114,11 @@ cascade: setup
 # value, Fashion-MNIST variations; trains the CLIP models first where missing (~1.5 h)
 unclip: setup
 	$(BIN)/python benchmarks/unclip.py --minutes 30 --json benchmarks/results/unclip.json
+
+# DALL·E 3 recaptioning: captioner, recaptioned training set, alt / 95% blend / exact captions and the
+# blend ablation at equal training time, prompt upsampling (~1.5 h)
+recaption: setup
+	$(BIN)/python benchmarks/recaption.py --minutes 15 --json benchmarks/results/recaption.json
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

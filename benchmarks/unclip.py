@@ -15,7 +15,8 @@ sigmas, guidance 2 with dynamic thresholding, the presets' defaults):
   * CLIP score (shapes-clip) of the FD samples with their captions (the real test images' beside it);
   * no_prior: the decoder fed the caption's CLIP text embedding in place of an image embedding;
   * variations: V variations of each of S Fashion-MNIST test images; the classifier's class for
-    each against the source's label, and the smallest pixel L2 distance of a variation to its
+    each against the source's label (and against the classifier's class of the source), and the
+    smallest pixel L2 distance of a variation to its
     source against the copy floor: the smallest L2 distance from any of the S sources to its
     nearest other image in the training set (two distinct real garments are never nearer).
 
@@ -125,7 +126,8 @@ def real_references(fd_prompts, k: int, runs: Path) -> dict:
             "diversity_real_captions": len(groups)}
 
 
-def variations_report(runs: Path, n_sources: int, n_variations: int, parts: Path) -> dict:
+def variations_report(runs: Path, n_sources: int, n_variations: int, parts: Path, guidance: float | None = None,
+                      seed: int = 0) -> dict:
     from latentdiff.data import DataConfig, build_dataset
     from latentdiff.eval.classifier import class_accuracy, load_or_train_classifier
     from latentdiff.pipelines.unclip import Decoder
@@ -133,18 +135,22 @@ def variations_report(runs: Path, n_sources: int, n_variations: int, parts: Path
     decoder = Decoder(runs / "unclip" / "fmnist-unclip-decoder" / "checkpoint")
     data = DataConfig(name="fmnist", image_size=32, channels=1)
     test, train = build_dataset(data, "test"), build_dataset(data, "train")
-    index = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n_sources]
+    index = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n_sources]
     batch = test.get_batch(index)
     sources, labels = batch["x"], batch["label"]
-    variations = decoder.vary(sources, n_variations, seed=0, progress=True)
+    variations = decoder.vary(sources, n_variations, seed=seed, progress=True, guidance=guidance)
     torch.save({"sources": sources, "variations": variations}, parts / "variations.pt")
     classifier = load_or_train_classifier("fmnist", 32)
     flat = lambda x: x.flatten(1).float()  # noqa: E731
     l2 = (flat(variations) - flat(sources).repeat_interleave(n_variations, 0)).norm(dim=1)
     train_x = flat(train.get_batch(torch.arange(len(train)))["x"])
     nearest = torch.cdist(flat(sources), train_x).min(dim=1).values  # (S,): each source's nearest real image
+    with torch.no_grad():
+        predicted = classifier.eval()(sources).argmax(-1)  # the classifier's class of each source
     return {"same_class_rate": class_accuracy(classifier, variations, labels.repeat_interleave(n_variations)),
+            "same_prediction_rate": class_accuracy(classifier, variations, predicted.repeat_interleave(n_variations)),
             "classifier_accuracy_on_sources": class_accuracy(classifier, sources, labels),
+            "guidance": decoder.cfg.sample.guidance if guidance is None else guidance,
             "min_pixel_l2": float(l2.min()), "median_pixel_l2": float(l2.median()),
             "copy_floor": float(nearest.min()), "median_nearest_train_l2": float(nearest.median()),
             "n_sources": n_sources, "n_variations": n_variations, "steps": decoder.cfg.sample.steps,
@@ -203,6 +209,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8, help="samples per held-out prompt (adherence, diversity)")
     p.add_argument("--sources", type=int, default=100, help="Fashion-MNIST test images varied")
     p.add_argument("--variations", type=int, default=8, help="variations per source")
+    p.add_argument("--vary-guidance", type=float, help="the decoder's guidance on the image embedding for the "
+                   "variations (default: fmnist-unclip-decoder's sample.guidance)")
     p.add_argument("--json", default="benchmarks/results/unclip.json")
     p.add_argument("--figures", type=Path, default=Path("docs"))
     p.add_argument("--threads", type=int, default=2)
@@ -235,8 +243,8 @@ def main() -> None:
     report["imagen"]["train_minutes"] = train_minutes(lanes / "shapes-t2i-pixel")
     report["imagen"]["train_steps"] = {"shapes-t2i-pixel": train_steps(lanes / "shapes-t2i-pixel")}
     report["real"] = cached(parts / "real.json", lambda: real_references(fd_prompts, args.k, runs))
-    report["variations"] = cached(parts / "variations.json",
-                                  lambda: variations_report(runs, args.sources, args.variations, parts))
+    report["variations"] = cached(parts / "variations.json", lambda: variations_report(
+        runs, args.sources, args.variations, parts, args.vary_guidance))
     report["settings"] = {"n_fd": args.n, "k_per_prompt": args.k, "held_out_prompts": len(held_out),
                           "threads": args.threads, "machine": f"{os.cpu_count()} CPU cores",
                           "sampling": "dpmpp_2m, 20 steps, karras, guidance 2, dynamic thresholding (all three); "
