@@ -113,7 +113,7 @@ cascade: setup
 # unCLIP (prior + decoder) against the Imagen-style pixel model at equal training time, the prior's
 # value, Fashion-MNIST variations; trains the CLIP models first where missing (~1.5 h)
 unclip: setup
-	$(BIN)/python benchmarks/unclip.py --minutes 30 --json benchmarks/results/unclip.json
+	$(BIN)/python benchmarks/unclip.py --minutes 30 --vary-guidance 3 --json benchmarks/results/unclip.json
 
 # DALL·E 3 recaptioning: captioner, recaptioned training set, alt / 95% blend / exact captions and the
 # blend ablation at equal training time, prompt upsampling (~1.5 h)

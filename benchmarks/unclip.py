@@ -190,10 +190,14 @@ def figures(runs: Path, parts: Path, held_out: list[str], k: int, docs: Path) ->
     save_grid(grid, docs / "unclip_variations.png", nrow=8,
               caption="Fashion-MNIST test images (first column) and 7 unCLIP variations of each")
     strips = []
-    for name, data in (("fmnist-unclip-decoder", DataConfig(name="fmnist", image_size=32, channels=1)),
-                       ("shapes-unclip-decoder", DataConfig(name="shapes", image_size=32, channels=3))):
+    fmnist = build_dataset(DataConfig(name="fmnist", image_size=32, channels=1), "test")
+    labels = fmnist.get_batch(torch.arange(100))["label"].tolist()
+    first = [labels.index(c) for c in (9, 0, 1, 8)]  # ankle boot -> T-shirt, trouser -> bag
+    for name, data, index in (("fmnist-unclip-decoder", fmnist, first),
+                              ("shapes-unclip-decoder", build_dataset(DataConfig(name="shapes", image_size=32,
+                                                                                 channels=3), "test"), [0, 1, 2, 3])):
         decoder = Decoder(runs / "unclip" / name / "checkpoint")
-        x = build_dataset(data, "test").get_batch(torch.tensor([0, 1, 2, 3]))["x"]
+        x = data.get_batch(torch.tensor(index))["x"]
         for a, b in ((0, 1), (2, 3)):
             strip = decoder.interpolate(x[a], x[b], 8, seed=0)
             strips.append(strip if strip.shape[1] == 3 else strip.expand(-1, 3, -1, -1))
