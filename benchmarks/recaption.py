@@ -143,7 +143,7 @@ def main() -> None:
 
     for name in ("alt", "recaption", "exact", *[n for b, n in blend_runs.items() if b != 0.95]):
         report[name] = cached(parts / f"{name}.json", lambda name=name: model_report(name))
-    report["blend"] = {f"{b:g}": report[n] for b, n in sorted(blend_runs.items())}
+    report["blend"] = {str(b): report[n] for b, n in sorted(blend_runs.items())}  # "0.65", ..., "1.0"
     report["upsampling"] = cached(parts / "upsampling.json", lambda: upsampling_report(
         runs / "recaption", runs / "shapes-upsampler" / "checkpoint", args.k, parts))
     a, b, c = (report[n]["all_correct"] for n in ("alt", "recaption", "exact"))
