@@ -74,9 +74,9 @@ def caption_images(model: Captioner, images: torch.Tensor, style: str = "descrip
                    batch_size: int = 500, progress: bool = False) -> list[str]:
     """Captions of images (N, C, S, S) in [-1, 1] at the captioner's size: greedy (``beam_width`` 1) or
     beam search, ``batch_size`` images at a time, with a progress bar over images."""
-    size = (model.cfg.in_channels, model.cfg.image_size)
-    if tuple(images.shape[1:3]) != (size[0], size[1]) or images.shape[-1] != size[1]:
-        raise ValueError(f"the captioner reads {size[0]}-channel {size[1]} px images, got "
+    C, S = model.cfg.in_channels, model.cfg.image_size
+    if tuple(images.shape[1:]) != (C, S, S):
+        raise ValueError(f"the captioner reads {C}-channel {S} px images, got "
                          f"{images.shape[1]}-channel {images.shape[-2]}x{images.shape[-1]}")
     out = []
     with tqdm(total=len(images), desc=f"caption ({style})", unit="img", disable=not progress) as bar:
