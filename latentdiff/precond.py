@@ -14,6 +14,17 @@ sees x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps) and
 
 The backbone never sees the parameterisation; it only gets the timestep
 ``t(sigma)`` of its discrete schedule.
+
+Rectified flow (Liu et al. 2023; flow matching, Lipman et al. 2023; SD3, Esser et al. 2024) is one
+more parameterisation, ``flow``: its straight path x_t = (1 - t) x0 + t eps is the VE point
+x = x0 + sigma eps with sigma = t / (1 - t), scaled by 1 - t = 1 / (1 + sigma). The backbone sees
+c_in x = x_t and the time 1000 t (``schedules.FlowSchedule``) and predicts the velocity
+v = dx_t/dt = eps - x0, so x0 = x_t - t v:
+
+    flow:                        c_skip = 1/(1 + sigma),   c_out = -sigma/(1 + sigma), c_in = 1/(1 + sigma)
+
+Every sampler integrates the VE ODE in sigma, so every sampler runs a flow model; Euler in sigma
+is exactly Euler in t on the flow ODE (both are DDIM's step; tests/test_flow.py).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from torch import nn
 
 from latentdiff.schedules import DiscreteSchedule
 
-PARAMETERISATIONS = ("eps", "v", "x0")
+PARAMETERISATIONS = ("eps", "v", "x0", "flow")
 
 
 def vp_coefficients(sigma: torch.Tensor, parameterisation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,6 +49,14 @@ def vp_coefficients(sigma: torch.Tensor, parameterisation: str) -> tuple[torch.T
     raise ValueError(f"unknown parameterisation {parameterisation!r}; valid: {', '.join(PARAMETERISATIONS)}")
 
 
+def coefficients(sigma: torch.Tensor, parameterisation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c_skip, c_out, c_in) of any parameterisation (the VP ones, or ``flow``), shaped like ``sigma``."""
+    if parameterisation == "flow":
+        c_in = 1 / (1 + sigma)
+        return c_in, -sigma * c_in, c_in
+    return vp_coefficients(sigma, parameterisation)
+
+
 def training_target(parameterisation: str, x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """What the backbone regresses for x_t = sqrt(a) x0 + sqrt(1-a) eps; alpha_bar broadcastable to x0."""
     if parameterisation == "eps":
@@ -46,6 +65,8 @@ def training_target(parameterisation: str, x0: torch.Tensor, eps: torch.Tensor, 
         return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
     if parameterisation == "x0":
         return x0
+    if parameterisation == "flow":
+        return eps - x0
     raise ValueError(f"unknown parameterisation {parameterisation!r}; valid: {', '.join(PARAMETERISATIONS)}")
 
 
@@ -54,12 +75,13 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Denoiser(nn.Module):
-    """Wraps a discrete-time VP backbone ``net(x_t, t, cond) -> F`` as ``D(x, sigma, cond) -> x0_hat``.
+    """Wraps a discrete-time VP backbone ``net(x_t, t, cond) -> F`` (or a flow one, with a ``FlowSchedule``)
+    as ``D(x, sigma, cond) -> x0_hat``.
 
     Args:
         net: backbone; returns (B, C, H, W), or (B, 2C, H, W) when ``learned_variance``.
         schedule: the backbone's training schedule (maps sigma to its timestep).
-        parameterisation: ``eps``, ``v`` or ``x0``.
+        parameterisation: ``eps``, ``v``, ``x0`` or ``flow``.
         learned_variance: the backbone's second C channels are the Improved-DDPM
             variance interpolation v in [-1, 1] (Nichol & Dhariwal 2021, eq. 15).
     """
@@ -67,7 +89,7 @@ class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: DiscreteSchedule, parameterisation: str = "eps",
                  learned_variance: bool = False):
         super().__init__()
-        vp_coefficients(torch.ones(1), parameterisation)  # validates the name
+        coefficients(torch.ones(1), parameterisation)  # validates the name
         self.net, self.schedule = net, schedule
         self.parameterisation, self.learned_variance = parameterisation, learned_variance
 
@@ -85,7 +107,7 @@ class Denoiser(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float64)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        c_skip, c_out, c_in = (_expand(c, x) for c in vp_coefficients(sigma, self.parameterisation))
+        c_skip, c_out, c_in = (_expand(c, x) for c in coefficients(sigma, self.parameterisation))
         t = self.schedule.sigma_to_t(sigma).to(torch.float32)
         out = self.net(x * c_in, t, **(cond or {}))
         v_frac = None

@@ -135,6 +135,29 @@ class DiscreteSchedule:
         return ((1 - w) * table[lo] + w * table[hi]).exp()
 
 
+class FlowSchedule(DiscreteSchedule):
+    """The rectified-flow path x_t = (1 - t) x0 + t eps (``precond``'s ``flow``) as a schedule: in the VE
+    view sigma = t / (1 - t) (its VP twin has alpha_bar = 1 / (1 + sigma^2)). The table has T entries
+    at t_i = (i + 1) / (T + 1), so sigma runs from 1/T to T and the table spacings (``trailing``, ...)
+    are uniform in t, as SD3's sampler is (Esser et al. 2024, section 3.1). The backbone's time is
+    continuous, T t (SD3's timestep = 1000 t): ``sigma_to_t`` and ``t_to_sigma`` are exact, not
+    table lookups."""
+
+    def __init__(self, T: int = 1000):
+        t = torch.arange(1, T + 1, dtype=torch.float64) / (T + 1)
+        alpha_bar = 1 / (1 + (t / (1 - t)) ** 2)
+        betas = 1 - alpha_bar / torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        super().__init__("flow", T, betas=betas)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.to(torch.float64).clamp(0, self.sigma_max)
+        return (self.T * s / (1 + s)).to(sigma.dtype)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        u = t.to(torch.float64).clamp(0, self.T - 1) / self.T
+        return u / (1 - u)
+
+
 # ---------------------------------------------------------------- sampling grids
 
 

@@ -30,6 +30,8 @@ def test_captions_parse_back_to_their_attributes(data):
         assert caption_of(objs, relation) == caption
     with pytest.raises(ValueError, match="grammar"):
         parse_prompt("a purple elephant")
+    with pytest.raises(ValueError, match="grammar"):  # a caption cut short (a captioner's) is named, not an IndexError
+        parse_prompt("a small red circle left of a small")
 
 
 def test_held_out_pairs_never_occur_in_training_and_make_the_held_out_prompts(data):

@@ -74,7 +74,7 @@ def parse_prompt(prompt: str) -> tuple[list[dict], str | None]:
     words = prompt.strip().lower().split()
 
     def obj(at: int) -> dict:
-        if words[at] != "a" or words[at + 1] not in SIZES or words[at + 2] not in COLOURS or words[at + 3] not in SHAPES:
+        if len(words) < at + 4 or words[at] != "a" or words[at + 1] not in SIZES or words[at + 2] not in COLOURS or words[at + 3] not in SHAPES:
             raise ValueError(f"not in the shapes caption grammar: {prompt!r}")
         return {"size": words[at + 1], "colour": words[at + 2], "shape": words[at + 3]}
 

@@ -90,6 +90,18 @@ class GEGLU(nn.Module):
         return self.proj_out(a * F.gelu(gate))
 
 
+class GELUMLP(nn.Module):
+    """The transformer MLP of ViT, DiT and SD3: (B, N, C) -> fc2(GELU_tanh(fc1 x)), hidden width ratio * C."""
+
+    def __init__(self, dim: int, ratio: float = 4.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, int(dim * ratio))
+        self.fc2 = nn.Linear(int(dim * ratio), dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer layer on tokens x (B, N, C): self-attention, cross-attention on
     context (B, L, D) when ``context_dim`` > 0, GEGLU feed-forward, each added to x (the layer of

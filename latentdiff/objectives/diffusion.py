@@ -27,18 +27,25 @@ class DiffusionConfig(Config):
 
     schedule: str = "linear"          # linear | cosine | scaled_linear
     timesteps: int = 1000             # discrete training timesteps T
-    parameterisation: str = "eps"     # eps | v | x0
+    parameterisation: str = "eps"     # eps | v | x0 | flow (rectified flow: velocity on the straight path)
     min_snr_gamma: float | None = None  # None: plain MSE (Algorithm 1 for eps)
     learned_variance: bool = False    # Improved DDPM hybrid loss
     vlb_weight: float = 0.001         # lambda in L_simple + lambda L_vlb
     cond_drop_prob: float = 0.0       # classifier-free guidance: labels -> null class, text -> no tokens
+    logit_mean: float = 0.0           # flow: t ~ sigmoid(N(logit_mean, logit_std^2)) (SD3's logit-normal)
+    logit_std: float = 1.0            # flow: (the schedule is then the flow path; ``schedule`` is unused)
 
     def __post_init__(self):
         # refused when the config is made, so a bad ``--set diffusion.*`` fails before a run folder exists
         if self.schedule not in SCHEDULES:
             raise ValueError(f"diffusion.schedule: unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if self.parameterisation not in ("eps", "v", "x0"):
-            raise ValueError(f"diffusion.parameterisation: expected eps, v or x0, got {self.parameterisation!r}")
+        if self.parameterisation not in ("eps", "v", "x0", "flow"):
+            raise ValueError(f"diffusion.parameterisation: expected eps, v, x0 or flow, got {self.parameterisation!r}")
+        if self.parameterisation == "flow" and (self.learned_variance or self.min_snr_gamma is not None):
+            raise ValueError("diffusion.parameterisation=flow takes no learned_variance and no min_snr_gamma "
+                             "(the velocity loss has its own weighting: the logit-normal t density)")
+        if not self.logit_std > 0:
+            raise ValueError(f"diffusion.logit_std must be > 0, got {self.logit_std}")
         if self.timesteps < 1:
             raise ValueError(f"diffusion.timesteps must be at least 1, got {self.timesteps}")
         if not 0 <= self.cond_drop_prob <= 1:

@@ -33,7 +33,7 @@ from latentdiff.conditioning.text import null_condition
 from latentdiff.config import Config
 from latentdiff.nn.layers import group_norm
 from latentdiff.objectives.diffusion import DiffusionConfig, DiffusionLoss
-from latentdiff.precond import Denoiser, vp_coefficients
+from latentdiff.precond import Denoiser, coefficients
 from latentdiff.sampling.guidance import CFGDenoiser
 from latentdiff.schedules import sigma_grid
 
@@ -103,7 +103,7 @@ def unconditional(cond: dict, num_classes: int) -> dict:
 def middle_features(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None) -> torch.Tensor:
     """The U-Net's middle-block output (B, C_mid, h, w) at (x, sigma), as the denoiser feeds it."""
     sigma = sigma.to(torch.float64)
-    c_in = _bcast(vp_coefficients(sigma, denoiser.parameterisation)[2], x)
+    c_in = _bcast(coefficients(sigma, denoiser.parameterisation)[2], x)
     t = denoiser.schedule.sigma_to_t(sigma).to(torch.float32).to(x.device)
     return denoiser.net.encode(x * c_in, t, **(cond or {}))[1]
 
@@ -154,6 +154,8 @@ class DistributionMatching(nn.Module):
     def __init__(self, teacher: Denoiser, cfg: DMDConfig, diffusion: DiffusionConfig, num_classes: int = 0,
                  distance: nn.Module | None = None):
         super().__init__()
+        if teacher.parameterisation == "flow":
+            raise ValueError("DMD distils VP teachers (eps, v, x0); a rectified-flow teacher is not supported yet")
         self.cfg, self.num_classes = cfg, num_classes
         self.generator = copy.deepcopy(teacher).requires_grad_(True)
         self.fake = copy.deepcopy(teacher).requires_grad_(True)

@@ -104,24 +104,30 @@ def evaluate_captioner(model: Captioner, cfg: CaptionerRunConfig, n: int = 1000,
                        progress: bool = True) -> dict:
     """Descriptive captions of the first n ``shapes`` test images (held-out colour-shape pairs among
     them) read back against the images: all-correct rates by the true object count, per-attribute
-    accuracies, and examples beside the alt-text and the ground truth."""
+    accuracies, the shape accuracy of single objects of held-out and of seen colour-shape pairs,
+    and examples beside the alt-text and the ground truth."""
+    from latentdiff.data.shapes import HELD_OUT_PAIRS
     from latentdiff.eval.adherence import attribute_of
 
     test = build_dataset(cfg.data.replace(n=n), "test")
     images = test.get_batch(torch.arange(len(test)))["x"]
     captions = caption_images(model, images, "descriptive", beam_width, progress=progress)
-    by_count, attributes = {1: [], 2: []}, {}
+    by_count, attributes, shape_by_pair = {1: [], 2: []}, {}, {True: [], False: []}
     for i, caption in enumerate(captions):
-        objs = len(test.attributes[i][0])
-        result = caption_checks(caption, images[i], objs)
-        by_count[objs].append(result["all_correct"])
+        objs = test.attributes[i][0]
+        result = caption_checks(caption, images[i], len(objs))
+        by_count[len(objs)].append(result["all_correct"])
         for check, ok in result["checks"].items():
             attributes.setdefault(attribute_of(check), []).append(ok)
+        if len(objs) == 1:
+            shape_by_pair[(objs[0].colour, objs[0].shape) in HELD_OUT_PAIRS].append(result["checks"]["shape_0"])
     rate = lambda v: float(np.mean(v)) if v else None  # noqa: E731
     short = caption_images(model, images[:8], "short", beam_width)
     return {"single_all_correct": rate(by_count[1]), "two_all_correct": rate(by_count[2]),
             "all_correct": rate(by_count[1] + by_count[2]),
-            "attributes": {k: rate(v) for k, v in attributes.items()}, "n_images": len(images),
+            "attributes": {k: rate(v) for k, v in attributes.items()},
+            "single_shape": {"held_out_pairs": rate(shape_by_pair[True]), "seen_pairs": rate(shape_by_pair[False])},
+            "n_images": len(images),
             "n_single": len(by_count[1]), "n_two": len(by_count[2]), "beam_width": beam_width,
             "labelled_share": cfg.labelled_share,
             "examples": [{"ground_truth": test.captions[i], "alt_text": test.alt_texts[i], "descriptive": captions[i],

@@ -18,7 +18,7 @@ from latentdiff.io.checkpoint import load_checkpoint, read_config
 from latentdiff.nn.superres import resample
 from latentdiff.nn.unet import UNet
 from latentdiff.objectives.blend import CaptionBlend
-from latentdiff.objectives.diffusion import DiffusionLoss
+from latentdiff.objectives.flow import diffusion_loss
 from latentdiff.objectives.superres import SuperResLoss, augment_at_level
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.pipelines.conditions import Conditioning, conditions, guided, windowed
@@ -26,13 +26,28 @@ from latentdiff.precond import Denoiser
 from latentdiff.presets import RunConfig
 from latentdiff.sampling import get_sampler, prior_noise
 from latentdiff.sampling.fitted import FittedGrid, fit_sigmas
-from latentdiff.schedules import DiscreteSchedule, sigma_grid
+from latentdiff.schedules import DiscreteSchedule, FlowSchedule, sigma_grid
 from latentdiff.training.start import seeded_run
 from latentdiff.training.trainer import Trainer
 
 
-def build_backbone(cfg: RunConfig) -> UNet:
-    return UNet(cfg.model, learned_variance=cfg.diffusion.learned_variance)
+def build_backbone(cfg: RunConfig) -> nn.Module:
+    """The run's denoiser network: a U-Net (``model``), or the transformer of its ``transformer`` section
+    (``nn.dit.DiT``, ``nn.mmdit.MMDiT``) with ``model`` as its interface."""
+    if cfg.transformer is None:
+        return UNet(cfg.model, learned_variance=cfg.diffusion.learned_variance)
+    from latentdiff.nn.dit import DiT
+    from latentdiff.nn.mmdit import MMDiT
+
+    kind = {"dit": DiT, "mmdit": MMDiT}[cfg.transformer.kind]
+    return kind(cfg.model, cfg.transformer, learned_variance=cfg.diffusion.learned_variance)
+
+
+def schedule_of(cfg: RunConfig) -> DiscreteSchedule:
+    """The run's schedule: its discrete VP one, or the flow path's for ``parameterisation=flow``."""
+    if cfg.diffusion.parameterisation == "flow":
+        return FlowSchedule(cfg.diffusion.timesteps)
+    return DiscreteSchedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
 
 
 def samples_in_bf16(cfg: RunConfig) -> bool:
@@ -41,8 +56,7 @@ def samples_in_bf16(cfg: RunConfig) -> bool:
 
 
 def make_denoiser(net: nn.Module, cfg: RunConfig) -> Denoiser:
-    schedule = DiscreteSchedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
-    return Denoiser(net, schedule, cfg.diffusion.parameterisation, cfg.diffusion.learned_variance)
+    return Denoiser(net, schedule_of(cfg), cfg.diffusion.parameterisation, cfg.diffusion.learned_variance)
 
 
 def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
@@ -277,7 +291,7 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
 
         cfg, dataset, loss_fn, sample_fn = decoder_parts(cfg, dataset, test, autoencoder)
     else:
-        loss_fn = DiffusionLoss(cfg.diffusion, num_classes=cfg.model.num_classes)
+        loss_fn = diffusion_loss(cfg.diffusion, num_classes=cfg.model.num_classes)
         sample_fn = diffusion_grid(cfg, prompts, getattr(dataset, "table", None), autoencoder)
     if isinstance(dataset, BlendedText):
         loss_fn = CaptionBlend(loss_fn, cfg.data.caption_blend)

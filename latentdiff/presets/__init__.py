@@ -22,6 +22,7 @@ from latentdiff.presets.controlnet import (fmnist_controlnet_edges, shapes_contr
 from latentdiff.presets.diffusion import (fmnist_ddpm, fmnist_ddpm_paper, fmnist_iddpm, fmnist_ldm, fmnist_t2i,
                                           shapes_t2i, shapes_t2i_pixel, tiny, tiny_ldm, tiny_t2i)
 from latentdiff.presets.dmd import fmnist_dmd, fmnist_dmd2, tiny_dmd, tiny_dmd2
+from latentdiff.presets.transformers import fmnist_dit, shapes_t2i_dit, shapes_t2i_mmdit, tiny_dit, tiny_mmdit
 from latentdiff.presets.unclip import (PriorRunConfig, fmnist_prior, fmnist_unclip_decoder, is_prior_config,
                                        shapes_prior, shapes_unclip_decoder, tiny_prior, tiny_unclip_decoder)
 
@@ -66,6 +67,11 @@ PRESETS = {
     "tiny-captioner": tiny_captioner,
     "shapes-upsampler": shapes_upsampler,
     "tiny-upsampler": tiny_upsampler,
+    "shapes-t2i-dit": shapes_t2i_dit,
+    "shapes-t2i-mmdit": shapes_t2i_mmdit,
+    "fmnist-dit": fmnist_dit,
+    "tiny-dit": tiny_dit,
+    "tiny-mmdit": tiny_mmdit,
 }
 
 

@@ -15,6 +15,7 @@ from latentdiff.config import Config, document
 from latentdiff.data import DataConfig
 from latentdiff.data.control import ControlConfig
 from latentdiff.nn.controlnet import ControlNetConfig
+from latentdiff.nn.transformer import TransformerConfig
 from latentdiff.nn.unet import UNetConfig
 from latentdiff.objectives.diffusion import DiffusionConfig
 from latentdiff.objectives.dmd import DMDConfig
@@ -75,7 +76,9 @@ class RunConfig(Config):
     super-resolution stage of a cascade (``model.low_res_channels`` = ``model.in_channels``; pixel
     space): its low-res input is the image downsampled by ``superres.factor``; None otherwise.
     ``unclip``: an unCLIP decoder, conditioned on a CLIP model's image embeddings
-    (``model.image_embed_dim`` = its embedding width); None otherwise."""
+    (``model.image_embed_dim`` = its embedding width); None otherwise. ``transformer``: the backbone
+    is a DiT or MMDiT of these sizes, and ``model`` gives only its interface (image size, channels,
+    classes, text widths); None: the U-Net of ``model``."""
 
     description: str = ""         # one line shown by `latentdiff presets`
     autoencoder: str | None = None  # autoencoder checkpoint for latent diffusion; None: pixel space
@@ -87,9 +90,12 @@ class RunConfig(Config):
     sample: SampleConfig = SampleConfig()
     superres: SuperResConfig | None = None  # a cascade's super-resolution stage; None: not one
     unclip: UnCLIPConfig | None = None  # an unCLIP decoder's CLIP model; None: not one
+    transformer: TransformerConfig | None = None  # a DiT / MMDiT backbone (``model``: its interface); None: U-Net
 
     def __post_init__(self):
         net, sr = self.model, self.superres
+        if self.transformer is not None:
+            self.transformer.check_interface(net)
         if sr is None and net.low_res_channels:
             raise ValueError(f"model.low_res_channels must be 0 without a superres section (got {net.low_res_channels}: "
                              "a super-resolution U-Net; set superres too)")

@@ -13,7 +13,7 @@ Design. A stateless sampler owns its loop and calls ``denoise(x, sigma)`` once p
 diffusers loop owns the loop and hands over one model output per ``step``. The adapter inverts
 control by running the sampler in a worker thread whose ``denoise`` is a rendezvous: it hands
 (x, sigma) to the caller and blocks until ``step`` brings the model output back, converted to
-x0_hat = c_skip x + c_out F (``precond.vp_coefficients``, exactly what ``precond.Denoiser`` does).
+x0_hat = c_skip x + c_out F (``precond.coefficients``, exactly what ``precond.Denoiser`` does).
 Only one of the two threads runs at any time (strict hand-off through two one-slot queues), so the
 arithmetic and the order of random draws are those of the plain sampler call: the result is exact.
 The sample that ``step`` returns is the x of the sampler's next model call (after the last call,
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentdiff.precond import vp_coefficients
+from latentdiff.precond import coefficients
 from latentdiff.sampling import get_sampler
 from latentdiff.schedules import DiscreteSchedule, sigma_grid
 
@@ -68,7 +68,7 @@ class SamplerScheduler:
     def __init__(self, name: str, schedule: DiscreteSchedule, spacing: str = "trailing",
                  parameterisation: str = "eps", generator: torch.Generator | None = None, **opts):
         self.sampler, self.schedule, self.spacing = get_sampler(name), schedule, spacing
-        vp_coefficients(torch.ones(1), parameterisation)  # validates the name
+        coefficients(torch.ones(1), parameterisation)  # validates the name
         self.name, self.parameterisation, self.generator, self.opts = name, parameterisation, generator, opts
         self._worker = None
 
@@ -94,13 +94,13 @@ class SamplerScheduler:
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """x (B, ...) in the VE view at the current call's sigma -> the VP model input x / sqrt(1 + sigma^2)."""
-        return sample * vp_coefficients(self._sigma(), self.parameterisation)[2].to(sample.dtype)
+        return sample * coefficients(self._sigma(), self.parameterisation)[2].to(sample.dtype)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True):
         """Feed one model output (B, ...) at the current call; returns prev_sample (B, ...) for the next call."""
         sigma = self._sigma()
-        c_skip, c_out, _ = (c.to(sample.dtype) for c in vp_coefficients(sigma, self.parameterisation))
+        c_skip, c_out, _ = (c.to(sample.dtype) for c in coefficients(sigma, self.parameterisation))
         x0 = c_skip * sample + c_out * model_output.to(sample.dtype)
         if self._index == 0:
             self._start(sample, generator or self.generator)
