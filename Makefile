@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade unclip recaption
+.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade unclip recaption backbones transformers-vs-diffusers
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -119,6 +119,16 @@ unclip: setup
 # blend ablation at equal training time, prompt upsampling (~1.5 h)
 recaption: setup
 	$(BIN)/python benchmarks/recaption.py --minutes 15 --json benchmarks/results/recaption.json
+
+# U-Net, DiT and MMDiT (rectified flow) on shapes text-to-image at equal wall time, with the adherence
+# curve; the Fashion-MNIST DiT against the demo U-Net (~1.2 h)
+backbones: setup
+	$(BIN)/python benchmarks/backbones.py --minutes 20 --curve 10,20 --json benchmarks/results/backbones.json \
+		--png docs/backbones_curve.png
+
+# our DiT / MMDiT against diffusers' DiTTransformer2DModel / SD3Transformer2DModel on the same weights
+transformers-vs-diffusers: setup
+	$(BIN)/python benchmarks/transformers_vs_diffusers.py --json benchmarks/results/transformers_vs_diffusers.json
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from latentdiff.nn.attention import GELUMLP, token_attention
-from latentdiff.nn.transformer import (AdaLN, ConditionEmbedding, FinalLayer, HeadNorm, PatchEmbed, TransformerConfig,
-                                       modulate, out_channels, plain_norm, unpatchify)
+from latentdiff.nn.transformer import AdaLN, HeadNorm, TransformerBackbone, TransformerConfig, modulate, plain_norm
 
 
 class SelfAttention(nn.Module):
@@ -89,23 +88,16 @@ class DiTBlock(nn.Module):
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
-class DiT(nn.Module):
-    """The DiT backbone: ``model`` (a ``UNetConfig``) is its interface, ``cfg`` its sizes; ``cfg`` of
-    the network is the interface (what samplers and guidance read)."""
+class DiT(TransformerBackbone):
+    """The DiT backbone (``nn.transformer.TransformerBackbone``: ``model`` its interface, ``cfg`` its sizes)."""
 
     def __init__(self, model, cfg: TransformerConfig, learned_variance: bool = False):
-        super().__init__()
-        cfg.check_interface(model)
-        self.cfg, self.transformer_cfg = model, cfg
-        self.grid = model.image_size // cfg.patch_size
-        self.out_channels = out_channels(model, learned_variance)
-        self.patch = PatchEmbed(model.in_channels, cfg.dim, cfg.patch_size, self.grid)
-        self.embed = ConditionEmbedding(cfg.dim, model.num_classes, model.pooled_dim, cfg.freq_shift)
+        super().__init__(model, cfg, learned_variance)
         context_dim = model.context_dim if cfg.cross_attention else 0
         self.null_token = nn.Parameter(torch.zeros(1, 1, context_dim)) if context_dim else None
         self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, context_dim, cfg.mlp_ratio, cfg.qk_norm,
                                              cfg.ff_norm_eps) for _ in range(cfg.depth))
-        self.final = FinalLayer(cfg.dim, cfg.patch_size ** 2 * self.out_channels)
+        self.add_final_layer()
 
     def text_context(self, B: int, text: torch.Tensor | None, text_mask: torch.Tensor | None, device):
         """The cross-attention context: [null token, text tokens] (B, 1 + L, D) and its mask (B, 1 + L)."""
@@ -126,5 +118,4 @@ class DiT(nn.Module):
         h = self.patch(x)
         for block in self.blocks:
             h = block(h, c, context, mask)
-        h = self.final(h, c)
-        return unpatchify(h, self.transformer_cfg.patch_size, self.out_channels, self.grid)
+        return self.to_image(h, c)

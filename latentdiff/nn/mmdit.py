@@ -25,8 +25,7 @@ from torch import nn
 
 from latentdiff.nn.attention import GELUMLP, token_attention
 from latentdiff.nn.dit import SelfAttention
-from latentdiff.nn.transformer import (AdaLN, ConditionEmbedding, FinalLayer, PatchEmbed, TransformerConfig,
-                                       modulate, out_channels, plain_norm, unpatchify)
+from latentdiff.nn.transformer import AdaLN, TransformerBackbone, TransformerConfig, modulate, plain_norm
 
 
 class Stream(nn.Module):
@@ -87,21 +86,15 @@ class JointBlock(nn.Module):
         return x, (y if self.text.read_only else self.text.update(y, hy, rest_y))
 
 
-class MMDiT(nn.Module):
-    """The MMDiT backbone: ``model`` (a ``UNetConfig``) is its interface, ``cfg`` its sizes."""
+class MMDiT(TransformerBackbone):
+    """The MMDiT backbone (``nn.transformer.TransformerBackbone``: ``model`` its interface, ``cfg`` its sizes)."""
 
     def __init__(self, model, cfg: TransformerConfig, learned_variance: bool = False):
-        super().__init__()
-        cfg.check_interface(model)
-        self.cfg, self.transformer_cfg = model, cfg
-        self.grid = model.image_size // cfg.patch_size
-        self.out_channels = out_channels(model, learned_variance)
-        self.patch = PatchEmbed(model.in_channels, cfg.dim, cfg.patch_size, self.grid)
-        self.embed = ConditionEmbedding(cfg.dim, model.num_classes, model.pooled_dim, cfg.freq_shift)
+        super().__init__(model, cfg, learned_variance)
         self.context_embedder = nn.Linear(model.context_dim, cfg.dim)
         self.blocks = nn.ModuleList(JointBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, last=i == cfg.depth - 1)
                                     for i in range(cfg.depth))
-        self.final = FinalLayer(cfg.dim, cfg.patch_size ** 2 * self.out_channels)
+        self.add_final_layer()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                 text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
@@ -114,5 +107,4 @@ class MMDiT(nn.Module):
         h, y = self.patch(x), self.context_embedder(text.to(x.dtype))
         for block in self.blocks:
             h, y = block(h, y, c, text_mask)
-        h = self.final(h, c)
-        return unpatchify(h, self.transformer_cfg.patch_size, self.out_channels, self.grid)
+        return self.to_image(h, c)

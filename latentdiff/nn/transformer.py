@@ -163,7 +163,26 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-def out_channels(model, learned_variance: bool) -> int:
-    """The backbone's output channels: the model's (default its input's), doubled by learned variance."""
-    c = model.out_channels or model.in_channels
-    return 2 * c if learned_variance else c
+class TransformerBackbone(nn.Module):
+    """What DiT and MMDiT share: ``model`` (a ``UNetConfig``) is the interface and ``cfg`` the sizes
+    (``net.cfg`` is the interface: what samplers and guidance read); the patch embedding, the
+    condition embedding and the final layer back to (B, C_out, S, S) (``to_image``)."""
+
+    def __init__(self, model, cfg: TransformerConfig, learned_variance: bool = False):
+        super().__init__()
+        cfg.check_interface(model)
+        self.cfg, self.transformer_cfg = model, cfg
+        self.grid = model.image_size // cfg.patch_size
+        c = model.out_channels or model.in_channels
+        self.out_channels = 2 * c if learned_variance else c
+        self.patch = PatchEmbed(model.in_channels, cfg.dim, cfg.patch_size, self.grid)
+        self.embed = ConditionEmbedding(cfg.dim, model.num_classes, model.pooled_dim, cfg.freq_shift)
+
+    def add_final_layer(self) -> None:
+        """The final layer, registered last (after the subclass's blocks: the parameter order that
+        optimizer states saved by a run follow)."""
+        self.final = FinalLayer(self.transformer_cfg.dim, self.transformer_cfg.patch_size ** 2 * self.out_channels)
+
+    def to_image(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, dim) and condition (B, dim) -> (B, C_out, S, S)."""
+        return unpatchify(self.final(h, c), self.transformer_cfg.patch_size, self.out_channels, self.grid)

@@ -50,6 +50,9 @@ def train_controlnet_run(cfg: ControlNetRunConfig, out_dir: str | Path, cpu: boo
     """Train a ControlNet over the frozen base ``cfg.base`` into the run folder ``out_dir`` (resumes)."""
     device = torch.device("cpu" if cpu or (cpu is None and not torch.cuda.is_available()) else "cuda")
     base, base_cfg = load_denoiser(cfg.base, device=device)
+    if base_cfg.transformer is not None:
+        raise ValueError(f"{cfg.base} is a {base_cfg.transformer.kind} model; a ControlNet copies a U-Net's encoder "
+                         "(Zhang et al. 2023), so its base must be a U-Net")
     layout = training_memory_format(cfg.train.mixed_precision, cpu)
     unet = base.net.requires_grad_(False).eval().to(memory_format=layout)
     cfg = cfg.replace(base_model=base_cfg.model)

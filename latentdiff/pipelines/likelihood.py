@@ -42,6 +42,9 @@ def check_likelihood_checkpoint(ckpt, methods: tuple[str, ...]) -> dict:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; valid: {', '.join(METHODS)}")
+    if config["diffusion"].get("parameterisation") == "flow" and "vlb" in methods:
+        raise ValueError(f"{ckpt} is a rectified-flow model: its variational bound needs a discrete VP Markov "
+                         "chain; use --method ode (the probability-flow ODE's exact likelihood)")
     return config
 
 

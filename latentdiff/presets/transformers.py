@@ -25,7 +25,7 @@ def shapes_t2i_dit() -> RunConfig:
     tokens in every block, pooled text in adaLN; 5.6M parameters against the U-Net's 6.0M."""
     return _transformer_run(shapes_t2i_pixel(), "DiT text-to-image on shapes (pixel 32 px, patch 2, cross-attention, "
                             "rectified flow); 30 min on 2 CPU cores",
-                            TransformerConfig(kind="dit", patch_size=2, dim=192, depth=6, heads=4, qk_norm=True))
+                            TransformerConfig(kind="dit", patch_size=4, dim=192, depth=6, heads=4, qk_norm=True))
 
 
 def shapes_t2i_mmdit() -> RunConfig:
@@ -33,14 +33,14 @@ def shapes_t2i_mmdit() -> RunConfig:
     adaLN, q/k RMS-norm; sized to the U-Net's parameter count."""
     return _transformer_run(shapes_t2i_pixel(), "MMDiT text-to-image on shapes (pixel 32 px, patch 2, joint "
                             "attention, rectified flow); 30 min on 2 CPU cores",
-                            TransformerConfig(kind="mmdit", patch_size=2, dim=208, depth=4, heads=4, qk_norm=True))
+                            TransformerConfig(kind="mmdit", patch_size=4, dim=208, depth=4, heads=4, qk_norm=True))
 
 
 def fmnist_dit() -> RunConfig:
     """Class-conditional DiT on Fashion-MNIST (the demo's data, guidance and budget), rectified flow."""
     return _transformer_run(fmnist_ddpm(), "class-conditional DiT on Fashion-MNIST 32x32 (patch 2, rectified flow; "
                             "the demo's 12 min on 2 CPU cores)",
-                            TransformerConfig(kind="dit", patch_size=2, dim=192, depth=7, heads=4, qk_norm=True))
+                            TransformerConfig(kind="dit", patch_size=4, dim=192, depth=7, heads=4, qk_norm=True))
 
 
 def tiny_dit() -> RunConfig:

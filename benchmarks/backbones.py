@@ -1,0 +1,216 @@
+"""U-Net, DiT and MMDiT at equal wall time (issue 21): prompt adherence on shapes' held-out prompts,
+FD-EffNet with its floor, training steps/s and sampling images/s; and class-conditional
+Fashion-MNIST, the DiT against the demo U-Net at the demo's budget.
+
+Training (two lanes side by side, one core each; a run folder that has its checkpoint is reused):
+every shapes design is trained to ``--minutes`` in segments (``--curve`` minutes; a copy of the
+checkpoint is kept at each, ``RUN/at-<m>min``), so the adherence-vs-minutes curve comes from the
+same run. The designs (parameter counts printed; within 10% of the U-Net's 6.0M):
+
+    unet        shapes-t2i-pixel (v target, min-SNR-5, cosine)   the Imagen-style baseline
+    unet-flow   the same U-Net trained by rectified flow (logit-normal t)
+    dit         shapes-t2i-dit    (cross-attention to text, rectified flow)
+    mmdit       shapes-t2i-mmdit  (joint attention, rectified flow)
+
+Evaluation (two threads): ``--k`` samples of each of the 60 held-out prompts (the held-out
+colour-shape pairs) with each run's own sampling defaults (guidance 2), read back by the exact
+scene reader; FD-EffNet of ``--n-fd`` samples of test captions against the test split; images/s
+of one batch of 100 prompts (median of 3). Fashion-MNIST: ``fmnist-ddpm`` and ``fmnist-dit`` for
+``--fmnist-minutes`` each, FD-EffNet of 1000 samples (guidance 2).
+
+    python benchmarks/backbones.py --minutes 20 --curve 10,20 --json benchmarks/results/backbones.json \
+        --png docs/backbones_curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cascade import adherence, cached, last_metrics, train_minutes, train_steps  # noqa: E402
+
+FLOW = ["diffusion.parameterisation=flow", "diffusion.min_snr_gamma=null"]
+DESIGNS = {"unet": ("shapes-t2i-pixel", []), "unet-flow": ("shapes-t2i-pixel", FLOW),
+           "dit": ("shapes-t2i-dit", []), "mmdit": ("shapes-t2i-mmdit", [])}
+LANES = (("unet", "dit"), ("mmdit", "unet-flow"))
+FMNIST = {"fmnist-unet": "fmnist-ddpm", "fmnist-dit": "fmnist-dit"}
+KEYS = ("single_object_all_correct", "two_object_all_correct", "all_correct", "attributes")
+
+
+def train(run: Path, preset: str, overrides: list[str], marks: list[float]) -> None:
+    """Train ``run`` to each minute mark in turn (resuming), keeping a copy of the checkpoint at each."""
+    for m in marks:
+        copy = run / f"at-{m:g}min"
+        if (copy / "config.json").exists():
+            continue
+        cmd = [sys.executable, "-m", "latentdiff.cli.main", "train", "--preset", preset, "--out", str(run),
+               "--minutes", str(m)] + [a for o in overrides for a in ("--set", o)]
+        print(" ".join(cmd), flush=True)
+        with open(run.parent / f"{run.name}.log", "a") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run / "checkpoint", copy)
+
+
+def in_lanes(lanes: list[list], work) -> None:
+    """``work(item)`` for every item, each lane's items in order, the lanes side by side."""
+    threads = [threading.Thread(target=lambda items=items: [work(i) for i in items]) for items in lanes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def sample(ckpt: Path, prompts: list[str], seed: int) -> tuple[torch.Tensor, float]:
+    """(images of the prompts with the run's sampling defaults, images/s)."""
+    from latentdiff.pipelines import Conditioning, generate, load_model, text_encoder_for
+    from latentdiff.pipelines.diffusion import sampling_options
+
+    denoiser, _, cfg = load_model(ckpt)
+    start = time.perf_counter()
+    images = generate(denoiser, len(prompts), Conditioning(prompts=prompts, text_encoder=text_encoder_for(cfg)),
+                      seed=seed, progress=True, **sampling_options(cfg.sample))
+    return images, len(prompts) / (time.perf_counter() - start)
+
+
+def parameters(preset: str, overrides: list[str]) -> int:
+    from latentdiff.config import apply_overrides
+    from latentdiff.nn import count_parameters
+    from latentdiff.pipelines import build_backbone
+    from latentdiff.presets import get_preset
+
+    return count_parameters(build_backbone(apply_overrides(get_preset(preset), overrides)))
+
+
+def design_report(runs: Path, name: str, marks: list[float], k: int, n_fd: int, parts: Path) -> dict:
+    """One design: adherence at every mark, and at the last its FD, steps/s and images/s."""
+    from latentdiff.data import DataConfig, build_dataset
+    from latentdiff.data.shapes import held_out_prompts
+    from latentdiff.eval import fd_with_floor
+
+    preset, overrides = DESIGNS[name]
+    held_out = held_out_prompts()
+    repeated = [q for q in held_out for _ in range(k)]
+    curve = []
+    for m in marks:
+        images, _ = sample(runs / name / f"at-{m:g}min", repeated, seed=7)
+        torch.save(images, parts / f"{name}-{m:g}min-images.pt")
+        curve.append({"minutes": m, **{key: v for key, v in adherence(images, held_out, k).items() if key in KEYS}})
+    data = DataConfig(name="shapes", image_size=32, channels=3)
+    test, train_split = build_dataset(data, "test"), build_dataset(data, "train")
+    fd_images, _ = sample(runs / name / "checkpoint", list(test.captions[:n_fd]), seed=0)
+    speeds = [sample(runs / name / "checkpoint", list(test.captions[:100]), seed=1)[1] for _ in range(3)]
+    objective = "flow" if name != "unet" else "v"
+    return {"name": name, "preset": preset, "overrides": overrides, "backbone": name.split("-")[0],
+            "objective": objective, "params": parameters(preset, overrides), "train_minutes": train_minutes(runs / name),
+            "train_steps": train_steps(runs / name),
+            "train_steps_per_s": train_steps(runs / name) / (60 * train_minutes(runs / name)),
+            **{key: curve[-1][key] for key in KEYS}, **fd_with_floor(fd_images, test, train_split),
+            "images_per_s": statistics.median(speeds), "curve": curve}
+
+
+def fmnist_report(runs: Path, name: str) -> dict:
+    from latentdiff.pipelines import load_model
+    from latentdiff.pipelines.evaluate import evaluate_model
+
+    denoiser, autoencoder, cfg = load_model(runs / name / "checkpoint")
+    report, _, _ = evaluate_model(denoiser, cfg, 1000, autoencoder=autoencoder)
+    return {"name": name, "preset": FMNIST[name], "params": parameters(FMNIST[name], []),
+            "train_minutes": train_minutes(runs / name), "train_steps": train_steps(runs / name),
+            "last_loss": last_metrics(runs / name).get("loss"),
+            **{k: report.get(k) for k in ("fd_effnet", "fd_floor", "class_accuracy", "sample_images_per_s")}}
+
+
+def curve_plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, key, title in ((axes[0], "single_object_all_correct", "single object"),
+                           (axes[1], "two_object_all_correct", "two objects with a relation")):
+        for r in runs:
+            ax.plot([c["minutes"] for c in r["curve"]], [c[key] for c in r["curve"]], "o-", label=r["name"])
+        ax.set_title(f"held-out prompts: {title}")
+        ax.set_xlabel("training minutes (one CPU core)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("all-correct rate")
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def samples_figure(parts: Path, names: list[str], minutes: float, k: int, path: Path) -> None:
+    """Four held-out prompts (two single-object, two with a relation), a row of k samples per design."""
+    from latentdiff.data.shapes import held_out_prompts
+    from latentdiff.io.images import save_prompt_rows
+
+    prompts = held_out_prompts()
+    pictures = {n: torch.load(parts / f"{n}-{minutes:g}min-images.pt") for n in names}
+    half = len(prompts) // 2
+    rows, titles = [], []
+    for i in (0, 1, half, half + 1):
+        for name, images in pictures.items():
+            rows.append(images[i * k:(i + 1) * k])
+            titles.append(f"{name}: {prompts[i]}")
+    save_prompt_rows(torch.cat(rows), titles, path, title=f"held-out prompts after {minutes:g} min: " + ", ".join(names))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=20.0, help="training wall time of each shapes design")
+    p.add_argument("--curve", default="10,20", help="minute marks of the adherence curve (the last = --minutes)")
+    p.add_argument("--fmnist-minutes", type=float, default=12.0)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/backbones"))
+    p.add_argument("--k", type=int, default=4, help="samples per held-out prompt")
+    p.add_argument("--n-fd", type=int, default=500)
+    p.add_argument("--json", default="benchmarks/results/backbones.json")
+    p.add_argument("--png", type=Path, default=Path("docs/backbones_curve.png"))
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    marks = sorted({float(m) for m in args.curve.split(",")} | {args.minutes})
+    runs, parts = args.runs_dir, args.runs_dir / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    for name, (preset, overrides) in DESIGNS.items():
+        print(f"{name}: {parameters(preset, overrides):,} parameters", flush=True)
+    in_lanes([list(lane) for lane in LANES], lambda n: train(runs / n, *DESIGNS[n], marks))
+    in_lanes([["fmnist-unet"], ["fmnist-dit"]], lambda n: train(runs / n, FMNIST[n], [], [args.fmnist_minutes]))
+    torch.set_num_threads(args.threads)
+    designs = [cached(parts / f"{n}.json", lambda n=n: design_report(runs, n, marks, args.k, args.n_fd, parts))
+               for n in DESIGNS]
+    fmnist = [cached(parts / f"{n}.json", lambda n=n: fmnist_report(runs, n)) for n in FMNIST]
+    score = lambda r: r["two_object_all_correct"] + r["single_object_all_correct"]  # noqa: E731
+    best = max(designs, key=score)
+    report = {"runs": designs, "best": {"preset": best["preset"], "name": best["name"], "curve": best["curve"]},
+              "fmnist": fmnist,
+              "settings": {"minutes": args.minutes, "curve": marks, "k_per_prompt": args.k, "held_out_prompts": 60,
+                           "n_fd": args.n_fd, "threads_per_lane": 1, "eval_threads": args.threads,
+                           "machine": f"{os.cpu_count()} CPU cores"}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    curve_plot(designs, args.png)
+    samples_figure(parts, list(DESIGNS), args.minutes, args.k, args.png.with_name("backbones_samples.png"))
+    for r in designs:
+        print(f"{r['name']:10s} {r['params']:>10,d} params  single {r['single_object_all_correct']:.3f}  two "
+              f"{r['two_object_all_correct']:.3f}  FD {r['fd_effnet']:.1f} (floor {r['fd_floor']:.1f})  "
+              f"{r['train_steps_per_s']:.2f} steps/s  {r['images_per_s']:.1f} img/s")
+    for r in fmnist:
+        print(f"{r['name']:12s} FD {r.get('fd_effnet')} (floor {r.get('fd_floor')})")
+
+
+if __name__ == "__main__":
+    main()
