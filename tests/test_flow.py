@@ -98,3 +98,16 @@ def test_every_sampler_runs_a_flow_model(name):
     x = torch.randn(2, 3, 4, 4, generator=g) * float(sigmas[0])
     out = get_sampler(name)(denoiser, x, sigmas, generator=g)
     torch.testing.assert_close(out, point.expand(2, -1, -1, -1), rtol=0, atol=1e-3)
+
+
+def test_what_needs_a_vp_model_refuses_a_flow_model_by_name(tmp_path):
+    from latentdiff.objectives.dmd import DistributionMatching, DMDConfig
+    from latentdiff.pipelines.likelihood import check_likelihood_checkpoint
+
+    with pytest.raises(ValueError, match="rectified-flow teacher"):
+        DistributionMatching(Denoiser(Linear(), FlowSchedule(), "flow"), DMDConfig(), FLOW)
+    (tmp_path / "config.json").write_text('{"task": "diffusion", "diffusion": {"parameterisation": "flow"}}')
+    (tmp_path / "model.safetensors").write_bytes(b"")  # read_config reads only the config
+    with pytest.raises(ValueError, match="--method ode"):
+        check_likelihood_checkpoint(tmp_path, ("vlb",))
+    assert check_likelihood_checkpoint(tmp_path, ("ode",))["diffusion"]["parameterisation"] == "flow"
