@@ -14,8 +14,8 @@ same run. The designs (parameter counts printed; within 10% of the U-Net's 6.0M)
 
 Evaluation (two threads): ``--k`` samples of each of the 60 held-out prompts (the held-out
 colour-shape pairs) with each run's own sampling defaults (guidance 2), read back by the exact
-scene reader; FD-EffNet of ``--n-fd`` samples of test captions against the test split; images/s
-of one batch of 100 prompts (median of 3). Fashion-MNIST: ``fmnist-ddpm`` and ``fmnist-dit`` for
+scene reader; FD-EffNet of ``--n-fd`` samples of test captions against the test split (with its
+floor at that N); images/s of one batch of 50 prompts (median of 3). Fashion-MNIST: ``fmnist-ddpm`` and ``fmnist-dit`` for
 ``--fmnist-minutes`` each, FD-EffNet of 1000 samples (guidance 2).
 
     python benchmarks/backbones.py --minutes 20 --curve 10,20 --json benchmarks/results/backbones.json \
@@ -111,7 +111,7 @@ def design_report(runs: Path, name: str, marks: list[float], k: int, n_fd: int, 
     data = DataConfig(name="shapes", image_size=32, channels=3)
     test, train_split = build_dataset(data, "test"), build_dataset(data, "train")
     fd_images, _ = sample(runs / name / "checkpoint", list(test.captions[:n_fd]), seed=0)
-    speeds = [sample(runs / name / "checkpoint", list(test.captions[:100]), seed=1)[1] for _ in range(3)]
+    speeds = [sample(runs / name / "checkpoint", list(test.captions[:50]), seed=1)[1] for _ in range(3)]
     objective = "flow" if name != "unet" else "v"
     return {"name": name, "preset": preset, "overrides": overrides, "backbone": name.split("-")[0],
             "objective": objective, "params": parameters(preset, overrides), "train_minutes": train_minutes(runs / name),
@@ -177,7 +177,7 @@ def main() -> None:
     p.add_argument("--fmnist-minutes", type=float, default=12.0)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/backbones"))
     p.add_argument("--k", type=int, default=4, help="samples per held-out prompt")
-    p.add_argument("--n-fd", type=int, default=500)
+    p.add_argument("--n-fd", type=int, default=300)
     p.add_argument("--json", default="benchmarks/results/backbones.json")
     p.add_argument("--png", type=Path, default=Path("docs/backbones_curve.png"))
     p.add_argument("--threads", type=int, default=2)
@@ -188,10 +188,11 @@ def main() -> None:
     for name, (preset, overrides) in DESIGNS.items():
         print(f"{name}: {parameters(preset, overrides):,} parameters", flush=True)
     in_lanes([list(lane) for lane in LANES], lambda n: train(runs / n, *DESIGNS[n], marks))
-    in_lanes([["fmnist-unet"], ["fmnist-dit"]], lambda n: train(runs / n, FMNIST[n], [], [args.fmnist_minutes]))
     torch.set_num_threads(args.threads)
     designs = [cached(parts / f"{n}.json", lambda n=n: design_report(runs, n, marks, args.k, args.n_fd, parts))
                for n in DESIGNS]
+    in_lanes([["fmnist-unet"], ["fmnist-dit"]], lambda n: train(runs / n, FMNIST[n], [], [args.fmnist_minutes]))
+    torch.set_num_threads(args.threads)
     fmnist = [cached(parts / f"{n}.json", lambda n=n: fmnist_report(runs, n)) for n in FMNIST]
     score = lambda r: r["two_object_all_correct"] + r["single_object_all_correct"]  # noqa: E731
     best = max(designs, key=score)

@@ -1,0 +1,2 @@
+"""Other libraries' checkpoint layouts in and out of latentdiff's (DESIGN.md section 2): so far diffusers'
+transformer denoisers (``diffusers_transformers``)."""
