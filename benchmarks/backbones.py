@@ -15,8 +15,8 @@ same run. The designs (parameter counts printed; within 10% of the U-Net's 6.0M)
 Evaluation (two threads): ``--k`` samples of each of the 60 held-out prompts (the held-out
 colour-shape pairs) with each run's own sampling defaults (guidance 2), read back by the exact
 scene reader; FD-EffNet of ``--n-fd`` samples of test captions against the test split (with its
-floor at that N); images/s of one batch of 50 prompts (median of 3). Fashion-MNIST: ``fmnist-ddpm`` and ``fmnist-dit`` for
-``--fmnist-minutes`` each, FD-EffNet of 1000 samples (guidance 2).
+floor at that N); images/s of one batch of 50 prompts (median of 3). Fashion-MNIST: ``fmnist-ddpm``
+and ``fmnist-dit`` for ``--fmnist-minutes`` each, FD-EffNet of 1000 samples (guidance 2).
 
     python benchmarks/backbones.py --minutes 20 --curve 10,20 --json benchmarks/results/backbones.json \
         --png docs/backbones_curve.png
@@ -114,7 +114,8 @@ def design_report(runs: Path, name: str, marks: list[float], k: int, n_fd: int, 
     speeds = [sample(runs / name / "checkpoint", list(test.captions[:50]), seed=1)[1] for _ in range(3)]
     objective = "flow" if name != "unet" else "v"
     return {"name": name, "preset": preset, "overrides": overrides, "backbone": name.split("-")[0],
-            "objective": objective, "params": parameters(preset, overrides), "train_minutes": train_minutes(runs / name),
+            "objective": objective, "params": parameters(preset, overrides),
+            "train_minutes": train_minutes(runs / name),
             "train_steps": train_steps(runs / name),
             "train_steps_per_s": train_steps(runs / name) / (60 * train_minutes(runs / name)),
             **{key: curve[-1][key] for key in KEYS}, **fd_with_floor(fd_images, test, train_split),
@@ -167,7 +168,8 @@ def samples_figure(parts: Path, names: list[str], minutes: float, k: int, path: 
         for name, images in pictures.items():
             rows.append(images[i * k:(i + 1) * k])
             titles.append(f"{name}: {prompts[i]}")
-    save_prompt_rows(torch.cat(rows), titles, path, title=f"held-out prompts after {minutes:g} min: " + ", ".join(names))
+    save_prompt_rows(torch.cat(rows), titles, path,
+                     title=f"held-out prompts after {minutes:g} min: " + ", ".join(names))
 
 
 def main() -> None:

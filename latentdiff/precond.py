@@ -57,8 +57,10 @@ def coefficients(sigma: torch.Tensor, parameterisation: str) -> tuple[torch.Tens
     return vp_coefficients(sigma, parameterisation)
 
 
-def training_target(parameterisation: str, x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """What the backbone regresses for x_t = sqrt(a) x0 + sqrt(1-a) eps; alpha_bar broadcastable to x0."""
+def training_target(parameterisation: str, x0: torch.Tensor, eps: torch.Tensor,
+                    alpha_bar: torch.Tensor) -> torch.Tensor:
+    """What the backbone regresses for x_t = sqrt(a) x0 + sqrt(1-a) eps (alpha_bar broadcastable to x0),
+    or for ``flow`` the velocity eps - x0 of x_t = (1 - t) x0 + t eps (alpha_bar unused)."""
     if parameterisation == "eps":
         return eps
     if parameterisation == "v":

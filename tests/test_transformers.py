@@ -37,7 +37,8 @@ def test_adaln_zero_blocks_are_the_identity_at_initialisation():
         x2, y2 = JointBlock(16, 2, qk_norm=True, last=last)(x, y, c, mask)
         assert torch.equal(x2, x) and torch.equal(y2, y)
     for net in (DiT(TEXT, SIZES), MMDiT(TEXT, SIZES.replace(kind="mmdit"))):  # and the whole net predicts 0
-        out = net(torch.randn(2, 3, 8, 8), torch.tensor([3.0, 700.0]), text=text, text_mask=mask, pooled=torch.randn(2, 6))
+        out = net(torch.randn(2, 3, 8, 8), torch.tensor([3.0, 700.0]), text=text, text_mask=mask,
+                  pooled=torch.randn(2, 6))
         assert out.shape == (2, 3, 8, 8) and torch.equal(out, torch.zeros_like(out))
 
 

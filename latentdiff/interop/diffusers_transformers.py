@@ -87,21 +87,24 @@ def mmdit_from_diffusers(config: dict, sd: dict) -> tuple[UNetConfig, Transforme
     m = config["pos_embed_max_size"]
     top = (m - grid) // 2
     pos = sd["pos_embed.pos_embed"].reshape(1, m, m, dim)[:, top:top + grid, top:top + grid].reshape(1, -1, dim)
-    out = {"patch.pos": pos, "patch.proj.weight": sd["pos_embed.proj.weight"], "patch.proj.bias": sd["pos_embed.proj.bias"],
-           **_embedder(sd, "time_text_embed.timestep_embedder"),
+    out = {"patch.pos": pos, "patch.proj.weight": sd["pos_embed.proj.weight"],
+           "patch.proj.bias": sd["pos_embed.proj.bias"], **_embedder(sd, "time_text_embed.timestep_embedder"),
            **_embedder(sd, "time_text_embed.text_embedder", "embed.pooled"),
            **_linear(sd, "context_embedder", "context_embedder"),
-           **_linear(sd, "norm_out.linear", "final.ada.linear", swap_halves=True), **_linear(sd, "proj_out", "final.linear")}
+           **_linear(sd, "norm_out.linear", "final.ada.linear", swap_halves=True),
+           **_linear(sd, "proj_out", "final.linear")}
     for i in range(depth):
         b, o, last = f"transformer_blocks.{i}", f"blocks.{i}", i == depth - 1
         out |= {f"{o}.image.attn.qkv.{k}": v for k, v in _qkv(sd, f"{b}.attn").items()}
         out |= {f"{o}.text.attn.qkv.{k}": v for k, v in
                 _qkv(sd, f"{b}.attn", ("add_q_proj", "add_k_proj", "add_v_proj")).items()}
-        out |= _linear(sd, f"{b}.attn.to_out.0", f"{o}.image.attn.out") | _linear(sd, f"{b}.norm1.linear", f"{o}.image.ada.linear")
+        out |= _linear(sd, f"{b}.attn.to_out.0", f"{o}.image.attn.out")
+        out |= _linear(sd, f"{b}.norm1.linear", f"{o}.image.ada.linear")
         out |= _linear(sd, f"{b}.norm1_context.linear", f"{o}.text.ada.linear", swap_halves=last)
         out |= _mlp(sd, f"{b}.ff", f"{o}.image.mlp")
         if not last:
-            out |= _linear(sd, f"{b}.attn.to_add_out", f"{o}.text.attn.out") | _mlp(sd, f"{b}.ff_context", f"{o}.text.mlp")
+            out |= _linear(sd, f"{b}.attn.to_add_out", f"{o}.text.attn.out")
+            out |= _mlp(sd, f"{b}.ff_context", f"{o}.text.mlp")
         if cfg.qk_norm:
             for src, dst in (("norm_q", "image.attn.q_norm"), ("norm_k", "image.attn.k_norm"),
                              ("norm_added_q", "text.attn.q_norm"), ("norm_added_k", "text.attn.k_norm")):
