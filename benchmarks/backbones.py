@@ -15,7 +15,8 @@ same run. The designs (parameter counts printed; within 10% of the U-Net's 6.0M)
 Evaluation (two threads): ``--k`` samples of each of the 60 held-out prompts (the held-out
 colour-shape pairs) with each run's own sampling defaults (guidance 2), read back by the exact
 scene reader; FD-EffNet of ``--n-fd`` samples of test captions against the test split (with its
-floor at that N); images/s of one batch of 50 prompts (median of 3). Fashion-MNIST: ``fmnist-ddpm``
+floor at that N); training steps/s and sampling images/s of all designs measured in one process in
+alternating rounds (``fair_speeds``; the runs' own steps/s are kept as ``train_steps_per_s_in_run``). Fashion-MNIST: ``fmnist-ddpm``
 and ``fmnist-dit`` for ``--fmnist-minutes`` each, FD-EffNet of 1000 samples (guidance 2).
 
     python benchmarks/backbones.py --minutes 20 --curve 10,20 --json benchmarks/results/backbones.json \
@@ -83,6 +84,38 @@ def sample(ckpt: Path, prompts: list[str], seed: int) -> tuple[torch.Tensor, flo
     images = generate(denoiser, len(prompts), Conditioning(prompts=prompts, text_encoder=text_encoder_for(cfg)),
                       seed=seed, progress=True, **sampling_options(cfg.sample))
     return images, len(prompts) / (time.perf_counter() - start)
+
+
+def fair_speeds(runs: Path, names: list[str], rounds: int = 3, batch: int = 64, n_images: int = 50) -> dict:
+    """Training steps/s (the run's own loss, AdamW, a batch of ``batch`` shapes) and sampling images/s
+    (``n_images`` test captions, the run's sampling defaults) of every design, measured in this one
+    process in alternating rounds, so that other load on the machine falls on all of them alike
+    (the runs' own logs saw different load). -> {name: {"train_steps_per_s", "images_per_s"}} medians."""
+    from latentdiff.config import apply_overrides
+    from latentdiff.data import build_dataset
+    from latentdiff.objectives.flow import diffusion_loss
+    from latentdiff.pipelines import build_backbone
+    from latentdiff.pipelines.diffusion import text_conditioned
+    from latentdiff.presets import get_preset
+
+    steps = {n: [] for n in names}
+    images = {n: [] for n in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            cfg = apply_overrides(get_preset(DESIGNS[name][0]), DESIGNS[name][1])
+            test = build_dataset(cfg.data, "test")
+            b = text_conditioned(cfg, test, list(test.captions[:batch])).get_batch(torch.arange(batch))
+            net, loss_fn, g = build_backbone(cfg), diffusion_loss(cfg.diffusion), torch.Generator().manual_seed(r)
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+            start = time.perf_counter()
+            for _ in range(3):
+                loss_fn(net, b, g)[0].backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            steps[name].append(3 / (time.perf_counter() - start))
+            images[name].append(sample(runs / name / "checkpoint", list(test.captions[:n_images]), seed=1)[1])
+    return {n: {"train_steps_per_s": statistics.median(steps[n]), "images_per_s": statistics.median(images[n])}
+            for n in names}
 
 
 def parameters(preset: str, overrides: list[str]) -> int:
@@ -193,6 +226,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     designs = [cached(parts / f"{n}.json", lambda n=n: design_report(runs, n, marks, args.k, args.n_fd, parts))
                for n in DESIGNS]
+    speeds = cached(parts / "speeds.json", lambda: fair_speeds(runs, list(DESIGNS)))
+    for r in designs:
+        r["train_steps_per_s_in_run"] = r["train_steps"] / (60 * r["train_minutes"])
+        r.update(speeds[r["name"]])
     in_lanes([["fmnist-unet"], ["fmnist-dit"]], lambda n: train(runs / n, FMNIST[n], [], [args.fmnist_minutes]))
     torch.set_num_threads(args.threads)
     fmnist = [cached(parts / f"{n}.json", lambda n=n: fmnist_report(runs, n)) for n in FMNIST]
