@@ -30,16 +30,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cascade import adherence, cached, last_metrics, train_minutes, train_steps  # noqa: E402
+from latentdiff.bench.runs import adherence, cached, in_lanes, last_metrics, train_minutes, train_steps
+from latentdiff.bench.runs import train as train_run
 
 FLOW = ["diffusion.parameterisation=flow", "diffusion.min_snr_gamma=null"]
 DESIGNS = {"unet": ("shapes-t2i-pixel", []), "unet-flow": ("shapes-t2i-pixel", FLOW),
@@ -55,23 +52,9 @@ def train(run: Path, preset: str, overrides: list[str], marks: list[float]) -> N
         copy = run / f"at-{m:g}min"
         if (copy / "config.json").exists():
             continue
-        cmd = [sys.executable, "-m", "latentdiff.cli.main", "train", "--preset", preset, "--out", str(run),
-               "--minutes", str(m)] + [a for o in overrides for a in ("--set", o)]
-        print(" ".join(cmd), flush=True)
-        with open(run.parent / f"{run.name}.log", "a") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        train_run(run, preset, m, overrides, log_mode="a")
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(run / "checkpoint", copy)
-
-
-def in_lanes(lanes: list[list], work) -> None:
-    """``work(item)`` for every item, each lane's items in order, the lanes side by side."""
-    threads = [threading.Thread(target=lambda items=items: [work(i) for i in items]) for items in lanes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 def sample(ckpt: Path, prompts: list[str], seed: int) -> tuple[torch.Tensor, float]:

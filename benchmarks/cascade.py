@@ -29,61 +29,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
+from latentdiff.bench.runs import adherence, cached, train_lanes, train_minutes, train_steps
+
 SWEEP_LEVELS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 PHOTO_STEPS = (1, 2, 4, 10, 20)
-
-
-def train_lanes(lanes: list[list[tuple[str, str, float, list[str]]]], runs: Path) -> None:
-    """Run each lane's (name, preset, minutes or None, overrides) trainings in order, the lanes side by
-    side, each single-threaded; skips runs that already have a checkpoint."""
-    def lane(jobs):
-        for name, preset, minutes, overrides in jobs:
-            run = runs / name
-            if (run / "checkpoint" / "config.json").exists():
-                continue
-            cmd = [sys.executable, "-m", "latentdiff.cli.main", "train", "--preset", preset, "--out", str(run)]
-            cmd += ["--minutes", str(minutes)] if minutes is not None else []
-            cmd += [a for o in overrides for a in ("--set", o)]
-            print(" ".join(cmd), flush=True)
-            with open(runs / f"{name}.log", "w") as log:
-                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-
-    threads = [threading.Thread(target=lane, args=(jobs,)) for jobs in lanes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
-def last_metrics(run: Path) -> dict:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()][-1]
-
-
-def train_minutes(run: Path) -> float:
-    return round(last_metrics(run)["minutes"], 2)
-
-
-def train_steps(run: Path) -> int:
-    return int(last_metrics(run)["step"])
-
-
-def cached(path: Path, make):
-    """A JSON part of the report, computed once (delete the file to recompute)."""
-    if path.exists():
-        return json.loads(path.read_text())
-    value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))
-    return value
 
 
 class Systems:
@@ -130,13 +84,6 @@ def fd_report(images: torch.Tensor, seed: int = 0) -> dict:
 
     data = DataConfig(name="shapes", image_size=64, channels=3)
     return fd_with_floor(images, build_dataset(data, "test"), build_dataset(data, "train"), seed=seed)
-
-
-def adherence(images: torch.Tensor, prompts: list[str], k: int) -> dict:
-    from latentdiff.eval.adherence import score, summarize
-
-    scores = [[score(p, images[i * k + j]) for j in range(k)] for i, p in enumerate(prompts)]
-    return summarize(prompts, scores)["overall"]
 
 
 def images_per_s(systems: Systems, level: float, rounds: int, n: int) -> dict:

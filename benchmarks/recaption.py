@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cascade import adherence, cached, train_lanes, train_minutes, train_steps  # benchmarks/cascade.py
+from latentdiff.bench.runs import adherence, cached, train_lanes, train_minutes, train_steps
 
 BLENDS = (0.65, 0.8, 0.95, 1.0)
 KEYS = ("single_object_all_correct", "two_object_all_correct", "all_correct", "attributes")

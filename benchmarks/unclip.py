@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from cascade import adherence, cached, train_lanes, train_minutes, train_steps  # benchmarks/cascade.py
+from latentdiff.bench.runs import adherence, cached, train_lanes, train_minutes, train_steps
 
 ADHERENCE_KEYS = ("single_object_all_correct", "two_object_all_correct", "all_correct", "attributes")
 
