@@ -167,7 +167,13 @@ def test_two_process_ddp(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "dist_train_script.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    for attempt in range(2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        # One retry for one known failure only: a rank aborting in gloo's C++ teardown ("terminate called
+        # without an active exception", SIGABRT), seen twice in about ten loaded full-suite runs and never
+        # alone; any other failure, or that one twice, fails the test.
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
     for r, res in enumerate(results):
