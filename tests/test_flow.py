@@ -104,6 +104,14 @@ def test_what_needs_a_vp_model_refuses_a_flow_model_by_name(tmp_path):
     from latentdiff.objectives.dmd import DistributionMatching, DMDConfig
     from latentdiff.pipelines.likelihood import check_likelihood_checkpoint
 
+    from latentdiff.objectives.diffusion import DiffusionLoss
+    from latentdiff.objectives.superres import SuperResConfig, SuperResLoss
+
+    with pytest.raises(ValueError, match="does not train"):  # a VP loss never trains a flow model silently
+        SuperResLoss(FLOW, SuperResConfig())
+    with pytest.raises(ValueError, match="does not train"):
+        FlowMatchingLoss(DiffusionConfig(parameterisation="v"))
+    assert type(diffusion_loss(DiffusionConfig())) is DiffusionLoss
     with pytest.raises(ValueError, match="rectified-flow teacher"):
         DistributionMatching(Denoiser(Linear(), FlowSchedule(), "flow"), DMDConfig(), FLOW)
     (tmp_path / "config.json").write_text('{"task": "diffusion", "diffusion": {"parameterisation": "flow"}}')

@@ -69,10 +69,19 @@ class DiffusionLoss:
     (classifier-free guidance, Ho & Salimans 2022): its label becomes the null class
     ``num_classes``, its text the empty prompt (zero tokens, all-False mask, zero pooled), one
     draw per sample for all of them. ``batch["control"]`` (B, C, S, S), when present, is passed on
-    (a ControlNet's control image).
+    (a ControlNet's control image). A ``flow`` config is refused: its loss is
+    ``objectives.flow.FlowMatchingLoss`` (``diffusion_loss`` picks it), and a VP loss under a flow
+    denoiser would train the wrong target without a word.
     """
 
+    trains_flow = False  # FlowMatchingLoss: True
+
     def __init__(self, cfg: DiffusionConfig, num_classes: int = 0):
+        if (cfg.parameterisation == "flow") != self.trains_flow:
+            raise ValueError(f"{type(self).__name__} does not train diffusion.parameterisation={cfg.parameterisation}"
+                             + (" (rectified flow is trained by text-to-image and class-conditional runs and "
+                                "ControlNets; not yet by super-resolution, unCLIP or prior runs)"
+                                if cfg.parameterisation == "flow" else ""))
         self.cfg, self.num_classes = cfg, num_classes
         self.schedule = DiscreteSchedule(cfg.schedule, cfg.timesteps)
         self.alpha_bar = self.schedule.alpha_bar.float()

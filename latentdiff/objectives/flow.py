@@ -36,10 +36,7 @@ class FlowMatchingLoss(DiffusionLoss):
     """``loss_fn(model, batch, generator) -> (loss, logs)``: the velocity loss above, with the
     condition dropout of ``DiffusionLoss`` (classifier-free guidance) and its batch keys."""
 
-    def __init__(self, cfg: DiffusionConfig, num_classes: int = 0):
-        if cfg.parameterisation != "flow":
-            raise ValueError(f"FlowMatchingLoss trains diffusion.parameterisation=flow, got {cfg.parameterisation!r}")
-        super().__init__(cfg, num_classes)
+    trains_flow = True
 
     def sample_t(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         return logit_normal(batch_size, self.cfg.logit_mean, self.cfg.logit_std, generator)

@@ -15,7 +15,7 @@ from latentdiff.data.control import ControlConfig, ControlDataset, cached_contro
 from latentdiff.io.checkpoint import load_checkpoint, read_config
 from latentdiff.io.images import open_image
 from latentdiff.nn.controlnet import ControlledUNet, ControlNet, ControlNetConfig, resize_control
-from latentdiff.objectives.diffusion import DiffusionLoss
+from latentdiff.objectives.flow import diffusion_loss
 from latentdiff.pipelines.autoencoder import autoencoder_for, latent_dataset
 from latentdiff.pipelines.conditions import Conditioning
 from latentdiff.pipelines.diffusion import generate, load_denoiser, make_denoiser, samples_in_bf16, text_conditioned
@@ -65,8 +65,8 @@ def train_controlnet_run(cfg: ControlNetRunConfig, out_dir: str | Path, cpu: boo
         dataset = text_conditioned(base_cfg, dataset, grid_prompts)
     dataset = ControlDataset(dataset, maps)
     controlnet = ControlNet.from_unet(unet, cfg.controlnet).to(memory_format=layout)
-    diffusion = DiffusionLoss(base_cfg.diffusion.replace(cond_drop_prob=cfg.prompt_drop_prob),
-                              num_classes=base_cfg.model.num_classes)
+    diffusion = diffusion_loss(base_cfg.diffusion.replace(cond_drop_prob=cfg.prompt_drop_prob),
+                               num_classes=base_cfg.model.num_classes)
     bf16 = cfg.train.mixed_precision == "bf16"
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator):
