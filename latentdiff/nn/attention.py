@@ -25,10 +25,11 @@ class SelfAttention2d(nn.Module):
     starts at zero so a new block is the identity (as ADM does).
     """
 
-    def __init__(self, channels: int, num_heads: int | None = 1, head_dim: int | None = None, groups: int = 32):
+    def __init__(self, channels: int, num_heads: int | None = 1, head_dim: int | None = None, groups: int = 32,
+                 eps: float = 1e-5):
         super().__init__()
         self.num_heads = head_count(channels, num_heads, head_dim)
-        self.norm = group_norm(channels, groups)
+        self.norm = group_norm(channels, groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 

@@ -22,13 +22,13 @@ class ResBlock(nn.Module):
     """(B, C_in, H, W), emb (B, E) or None -> (B, C_out, H, W). ``emb_dim=0``: no embedding."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0,
-                 scale_shift: bool = True, groups: int = 32):
+                 scale_shift: bool = True, groups: int = 32, eps: float = 1e-5):
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = group_norm(in_ch, groups)
+        self.norm1 = group_norm(in_ch, groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch) if emb_dim else None
-        self.norm2 = group_norm(out_ch, groups)
+        self.norm2 = group_norm(out_ch, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
@@ -48,14 +48,17 @@ class ResBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Strided 3x3 conv: (B, C, H, W) -> (B, C, H/2, W/2)."""
+    """Strided 3x3 conv: (B, C, H, W) -> (B, C, H/2, W/2). Padding 1 on every side, or with
+    ``asymmetric`` one row and column of zeros at the bottom and right only (the LDM / Stable
+    Diffusion autoencoders' downsampling)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, asymmetric: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.asymmetric = asymmetric
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
 
 
 class Upsample(nn.Module):

@@ -23,10 +23,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, f
     return F.pad(emb, (0, dim % 2))
 
 
-def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with ``groups`` groups, reduced to a divisor of ``channels`` when needed."""
+def group_norm(channels: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups, reduced to a divisor of ``channels`` when needed (``eps``: 1e-5;
+    Stable Diffusion's VAE and transformer layers use 1e-6)."""
     groups = math.gcd(groups, channels)
-    return nn.GroupNorm(groups, channels, eps=1e-5)
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
