@@ -48,10 +48,10 @@ class CrossAttention2d(nn.Module):
     real tokens (padding is never attended to). The output projection starts at zero."""
 
     def __init__(self, channels: int, context_dim: int, num_heads: int | None = 1, head_dim: int | None = None,
-                 groups: int = 32):
+                 groups: int = 32, eps: float = 1e-5):
         super().__init__()
         self.num_heads = head_count(channels, num_heads, head_dim)
-        self.norm = group_norm(channels, groups)
+        self.norm = group_norm(channels, groups, eps)
         self.q = nn.Conv2d(channels, channels, 1)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
@@ -133,19 +133,27 @@ class TransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Residual transformer on a feature map (Rombach et al. 2021): (B, C, H, W), context (B, L, D),
     mask (B, L) -> (B, C, H, W) = x + proj_out(TransformerBlock(proj_in(GN(x)) as H W tokens)).
-    The output projection starts at zero, so a new layer is the identity."""
+    ``proj_in`` and ``proj_out`` are 1x1 convolutions, or with ``linear`` the same maps as Linears on
+    the tokens (Stable Diffusion 2.x's layout; only the weights' shapes differ). ``eps``: the
+    GroupNorm's (Stable Diffusion's: 1e-6). The output projection starts at zero, so a new layer is
+    the identity."""
 
     def __init__(self, channels: int, context_dim: int, num_heads: int | None = 1, head_dim: int | None = None,
-                 groups: int = 32):
+                 groups: int = 32, eps: float = 1e-5, linear: bool = False):
         super().__init__()
-        self.norm = group_norm(channels, groups)
-        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.linear = linear
+        self.norm = group_norm(channels, groups, eps)
+        self.proj_in = nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1)
         self.block = TransformerBlock(channels, context_dim, head_count(channels, num_heads, head_dim))
-        self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
+        self.proj_out = zero_module(nn.Linear(channels, channels) if linear else nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         B, C, H, W = x.shape
-        tokens = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(B, H * W, C)
-        h = self.block(tokens, context, mask).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return x + self.proj_out(h)
+        as_tokens = lambda y: y.permute(0, 2, 3, 1).reshape(B, H * W, C)  # noqa: E731
+        as_map = lambda y: y.reshape(B, H, W, C).permute(0, 3, 1, 2)      # noqa: E731
+        if self.linear:
+            h = self.block(self.proj_in(as_tokens(self.norm(x))), context, mask)
+            return x + as_map(self.proj_out(h))
+        h = self.block(as_tokens(self.proj_in(self.norm(x))), context, mask)
+        return x + self.proj_out(as_map(h))

@@ -89,22 +89,29 @@ class EmbedSequential(nn.ModuleList):
 
 
 def attention_layers(channels: int, context_dim: int, num_heads: int | None, head_dim: int | None,
-                     groups: int, transformer: bool = False) -> list[nn.Module]:
+                     groups: int, transformer: bool = False, *, eps: float = 1e-5, transformer_eps: float = 1e-5,
+                     linear_projection: bool = False) -> list[nn.Module]:
     """Self-attention, then cross-attention on text tokens when ``context_dim`` > 0; or with
-    ``transformer`` one transformer layer doing both and a feed-forward (Stable Diffusion's)."""
+    ``transformer`` one transformer layer doing both and a feed-forward (Stable Diffusion's).
+    ``eps``: the attention layers' GroupNorm eps; ``transformer_eps`` and ``linear_projection``: the
+    transformer layer's (nn.attention.SpatialTransformer's ``eps`` and ``linear``)."""
     if transformer:
-        return [SpatialTransformer(channels, context_dim, num_heads, head_dim, groups)]
-    layers: list[nn.Module] = [SelfAttention2d(channels, num_heads, head_dim, groups)]
+        return [SpatialTransformer(channels, context_dim, num_heads, head_dim, groups, transformer_eps,
+                                   linear_projection)]
+    layers: list[nn.Module] = [SelfAttention2d(channels, num_heads, head_dim, groups, eps)]
     if context_dim:
-        layers.append(CrossAttention2d(channels, context_dim, num_heads, head_dim, groups))
+        layers.append(CrossAttention2d(channels, context_dim, num_heads, head_dim, groups, eps))
     return layers
 
 
 def res_stage(in_ch: int, out_ch: int, emb_dim: int, attention: bool, *, dropout: float, scale_shift: bool,
               groups: int, num_heads: int | None, head_dim: int | None, context_dim: int = 0,
-              transformer: bool = False) -> EmbedSequential:
-    """One ResBlock, followed by self- (and cross-) attention when ``attention``."""
-    layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_dim, dropout, scale_shift, groups)]
+              transformer: bool = False, eps: float = 1e-5, transformer_eps: float = 1e-5,
+              linear_projection: bool = False) -> EmbedSequential:
+    """One ResBlock, followed by self- (and cross-) attention when ``attention`` (``eps``: every GroupNorm's
+    but the transformer layers', which take ``transformer_eps``)."""
+    layers: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_dim, dropout, scale_shift, groups, eps)]
     if attention:
-        layers += attention_layers(out_ch, context_dim, num_heads, head_dim, groups, transformer)
+        layers += attention_layers(out_ch, context_dim, num_heads, head_dim, groups, transformer, eps=eps,
+                                   transformer_eps=transformer_eps, linear_projection=linear_projection)
     return EmbedSequential(layers)

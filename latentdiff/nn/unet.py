@@ -9,7 +9,10 @@ Self-attention sits at the feature-map sizes listed in ``attention_resolutions``
 ``context_dim`` > 0 each is followed by cross-attention on text tokens. A learned null token is
 placed before the text tokens of every sample, so a sample with no text (``text_mask`` all False,
 or no ``text`` at all: the empty prompt, classifier-free guidance's unconditional branch) attends
-to it alone (the learned null embedding of CFG training; Ho & Salimans 2022).
+to it alone (the learned null embedding of CFG training; Ho & Salimans 2022). With ``null_token``
+false (a Stable Diffusion U-Net imported by ``interop.unet``, which has none) the context is the text
+tokens alone: every sample must have text with at least one attended token (the unconditional branch
+gets the empty prompt's states), and ``text=None`` raises ValueError.
 With ``low_res_channels`` > 0 the U-Net is a super-resolution model (SR3, Saharia et al. 2021; CDM;
 Imagen): the low-resolution image is upsampled to the input's size (``nn.superres``) and
 concatenated to it on channels, and its noise-augmentation level ``aug_level`` in [0, 1] has a
@@ -20,6 +23,9 @@ projected into ``image_embed_tokens`` extra context tokens after the text tokens
 embedding is the zero vector, the null condition its training dropped to.
 With ``patch_size`` p > 1 the image is folded into p x p patches first (space-to-depth,
 as Hoogeboom et al. 2023 do for high resolutions), so every level runs at 1/p the size.
+``norm_eps``, ``transformer_norm_eps``, ``linear_projection``, ``freq_shift`` and
+``asymmetric_downsample`` leave our own models' maths at their defaults; they exist so that imported
+DDPM and Stable Diffusion U-Nets compute exactly what they computed before (``interop.unet``).
 """
 
 from __future__ import annotations
@@ -58,6 +64,12 @@ class UNetConfig(Config):
     low_res_channels: int = 0             # > 0: super-resolution: a low-res image of these channels joins the input
     image_embed_dim: int = 0              # > 0: unCLIP decoder: a CLIP image embedding of this width conditions it
     image_embed_tokens: int = 4           # context tokens projected from the image embedding (DALL·E 2: 4)
+    null_token: bool = True               # a learned null token before the text (False: text always given, as SD)
+    linear_projection: bool = False       # transformer layers' proj_in/proj_out as Linears on tokens (SD 2.x)
+    norm_eps: float = 1e-5                # eps of the ResBlock, attention and output GroupNorms (DDPM's: 1e-6)
+    transformer_norm_eps: float = 1e-5    # eps of the transformer layers' GroupNorm (Stable Diffusion's: 1e-6)
+    freq_shift: float = 0.0               # time embedding frequencies max_period^(-i/(C/2 - shift)) (DDPM's: 1)
+    asymmetric_downsample: bool = False   # downsampling pads bottom and right only (DDPM's TensorFlow padding)
 
     def __post_init__(self):
         # sizes a network cannot have, refused by name when the config is made (not as a torch error)
@@ -75,6 +87,12 @@ class UNetConfig(Config):
         if self.image_embed_dim and not (self.context_dim and self.image_embed_tokens >= 1):
             raise ValueError("model.image_embed_dim > 0 (an unCLIP decoder) must come with model.context_dim > 0 and "
                              "model.image_embed_tokens >= 1: its image tokens join the cross-attention context")
+        for name in ("norm_eps", "transformer_norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.linear_projection and not self.transformer:
+            raise ValueError("model.linear_projection is a layout of the transformer layers: it needs "
+                             "model.transformer true")
 
 
 class UNetEncoder(nn.Module):
@@ -88,17 +106,19 @@ class UNetEncoder(nn.Module):
         ch, emb_dim, p = cfg.channels, 4 * cfg.channels, cfg.patch_size
         if cfg.image_size % p:
             raise ValueError(f"image_size {cfg.image_size} is not divisible by patch_size {p}")
-        self.time_embed = TimestepMLP(ch, emb_dim)
+        self.time_embed = TimestepMLP(ch, emb_dim, cfg.freq_shift)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.pooled_embed = nn.Linear(cfg.pooled_dim, emb_dim) if cfg.pooled_dim else None
-        self.null_token = nn.Parameter(torch.zeros(1, 1, cfg.context_dim)) if cfg.context_dim else None
+        has_null = cfg.context_dim and cfg.null_token
+        self.null_token = nn.Parameter(torch.zeros(1, 1, cfg.context_dim)) if has_null else None
         self.aug_embed = TimestepMLP(ch, emb_dim) if cfg.low_res_channels else None
         d, n = cfg.image_embed_dim, cfg.image_embed_tokens
         self.image_embed = nn.Linear(d, emb_dim) if d else None
         self.image_tokens = nn.Linear(d, n * cfg.context_dim) if d else None
         self.stage = dict(emb_dim=emb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift_norm,
                           groups=cfg.norm_groups, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
-                          context_dim=cfg.context_dim, transformer=cfg.transformer)
+                          context_dim=cfg.context_dim, transformer=cfg.transformer, eps=cfg.norm_eps,
+                          transformer_eps=cfg.transformer_norm_eps, linear_projection=cfg.linear_projection)
 
         self.conv_in = nn.Conv2d((cfg.in_channels + cfg.low_res_channels) * p * p, ch, 3, padding=1)
         self.down = nn.ModuleList()
@@ -109,16 +129,18 @@ class UNetEncoder(nn.Module):
                 width = ch * mult
                 self.skip_channels.append(width)
             if level < len(cfg.channel_mult) - 1:
-                self.down.append(EmbedSequential([Downsample(width)]))
+                self.down.append(EmbedSequential([Downsample(width, cfg.asymmetric_downsample)]))
                 self.skip_channels.append(width)
                 res //= 2
         self.width, self.bottom_resolution = width, res
 
+        res_args = (emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups, cfg.norm_eps)
         self.middle = EmbedSequential([
-            ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
+            ResBlock(width, width, *res_args),
             *attention_layers(width, cfg.context_dim, cfg.num_heads, cfg.head_dim, cfg.norm_groups,
-                              cfg.transformer),
-            ResBlock(width, width, emb_dim, cfg.dropout, cfg.scale_shift_norm, cfg.norm_groups),
+                              cfg.transformer, eps=cfg.norm_eps, transformer_eps=cfg.transformer_norm_eps,
+                              linear_projection=cfg.linear_projection),
+            ResBlock(width, width, *res_args),
         ])
 
     def embed(self, t: torch.Tensor, class_labels: torch.Tensor | None,
@@ -141,20 +163,28 @@ class UNetEncoder(nn.Module):
 
     def context(self, batch_size: int, text: torch.Tensor | None, text_mask: torch.Tensor | None,
                 image_embed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The learned null token, the text tokens, then an unCLIP decoder's image tokens: ((B, 1 + L
-        + n, D), mask (B, 1 + L + n) bool, or None when every token is attended to, which lets
-        attention skip the mask)."""
-        null = self.null_token.expand(batch_size, 1, -1)
-        tokens = [null] if text is None else [null.to(text.dtype), text]
+        """The learned null token (unless ``null_token`` is false), the text tokens, then an unCLIP
+        decoder's image tokens: ((B, n_null + L + n, D), mask (B, n_null + L + n) bool, or None when
+        every token is attended to, which lets attention skip the mask)."""
+        null = [] if self.null_token is None else [self.null_token.expand(batch_size, 1, -1)]
+        if text is None and not null and self.image_tokens is None:
+            raise ValueError("this U-Net has no learned null token (model.null_token false, as an imported Stable "
+                             "Diffusion U-Net): give text states for every sample, the empty prompt's for the "
+                             "unconditional branch")
+        tokens = null if text is None else [*(n.to(text.dtype) for n in null), text]
         if self.image_tokens is not None:
-            image_tokens = self.image_tokens(image_embed.to(tokens[-1].dtype))       # (B, n * D)
+            dtype = tokens[-1].dtype if tokens else self.image_tokens.weight.dtype
+            image_tokens = self.image_tokens(image_embed.to(dtype))       # (B, n * D)
             tokens.append(image_tokens.unflatten(1, (self.cfg.image_embed_tokens, -1)))
         context = torch.cat(tokens, 1)
         if text is None or text_mask is None:  # every token attended to
             return context, None
+        if not null and self.image_tokens is None and not bool(text_mask.any(1).all()):
+            raise ValueError("a sample's text_mask is all False and this U-Net has no null token to attend to "
+                             "(model.null_token false): give the empty prompt's states with its mask")
         keep = lambda n: torch.ones(batch_size, n, dtype=torch.bool, device=text.device)  # noqa: E731
         extra = [keep(tokens[-1].shape[1])] if self.image_tokens is not None else []
-        return context, torch.cat([keep(1), text_mask.bool(), *extra], 1)
+        return context, torch.cat([keep(len(null)), text_mask.bool(), *extra], 1)
 
     def encode(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
@@ -162,7 +192,7 @@ class UNetEncoder(nn.Module):
                low_res: torch.Tensor | None = None, aug_level: torch.Tensor | None = None,
                image_embed: torch.Tensor | None = None):
         """-> (skips: list of (B, C_i, H_i, W_i), middle output h, emb (B, E), text, text_mask), the
-        text with the null token in front. ``hint`` (B, channels, H/p, W/p) is added after conv_in.
+        text with the null token (if any) in front. ``hint`` (B, channels, H/p, W/p) is added after conv_in.
         ``low_res`` (B, low_res_channels, h, w) and ``aug_level`` (B,) for a super-resolution U-Net;
         ``image_embed`` (B, image_embed_dim) for an unCLIP decoder (None: the zero embedding)."""
         if t.ndim == 0:
@@ -190,7 +220,8 @@ class UNet(UNetEncoder):
     """``forward(x (B,C,H,W), t (B,) float, class_labels (B,) int64 | None, text (B,L,D) | None,
     text_mask (B,L) bool | None, pooled (B,D) | None, residuals | None, low_res (B,C',h,w) | None,
     aug_level (B,) | None, image_embed (B, image_embed_dim) | None) -> (B, C_out, H, W)``.
-    Missing labels mean the null class; missing text means the null token alone. ``residuals``
+    Missing labels mean the null class; missing text means the null token alone (an error without
+    one, ``null_token`` false). ``residuals``
     (ControlNet's output: one tensor per skip connection, then one for the middle block) are
     added to the skips and to the middle block's output."""
 
@@ -210,7 +241,7 @@ class UNet(UNetEncoder):
                     res *= 2
                 self.up.append(block)
 
-        self.norm_out = group_norm(width, cfg.norm_groups)
+        self.norm_out = group_norm(width, cfg.norm_groups, cfg.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(width, out_channels * p * p, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
