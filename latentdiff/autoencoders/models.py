@@ -17,6 +17,9 @@ stored in the checkpoint's config, so the diffusion model sees latents of about 
   quantisation and ``decode`` quantises first ("the quantisation layer is absorbed by the
   decoder", Rombach et al. 2021, section 3.1).
 * :class:`IdentityAutoencoder` for pixel space: the same code path with f = 1.
+
+``layout="ldm"`` and ``quant_conv=True`` make the KL autoencoder exactly Stable Diffusion's
+(diffusers' ``AutoencoderKL``): latentdiff.interop.vae converts the weights both ways.
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ class AutoencoderConfig(Config):
     beta: float = 0.25                     # VQ commitment weight
     scale_factor: float | None = None      # 1 / std of E(x) on data; None until measured
     shift_factor: float = 0.0              # subtracted from E(x) before scaling
+    layout: str = "latentdiff"             # latentdiff (GroupNorm eps 1e-5, pad 1) | ldm (SD's VAE: 1e-6, asymmetric)
+    quant_conv: bool = False               # KL: 1x1 convs on the moments (2c -> 2c) and on z (c -> c), as LDM / SD
+
+    @property
+    def norm_eps(self) -> float:
+        """The GroupNorm epsilon of the layout."""
+        return 1e-6 if self.layout == "ldm" else 1e-5
 
 
 class DiagonalGaussian:
@@ -73,10 +83,14 @@ class LatentAutoencoder(nn.Module):
         self.factor = 2 ** (len(cfg.channel_mult) - 1)
         if cfg.image_size % self.factor:
             raise ValueError(f"image_size {cfg.image_size} is not divisible by the downsampling factor {self.factor}")
+        if cfg.layout not in ("latentdiff", "ldm"):
+            raise ValueError(f"unknown autoencoder layout {cfg.layout!r}; valid: latentdiff, ldm")
+        if cfg.quant_conv and cfg.kind != "kl":
+            raise ValueError(f"quant_conv is an option of the KL autoencoder, not of kind {cfg.kind!r}")
         net = dict(channels=cfg.channels, channel_mult=cfg.channel_mult, num_res_blocks=cfg.num_res_blocks,
-                   attention=cfg.attention, groups=cfg.norm_groups)
+                   attention=cfg.attention, groups=cfg.norm_groups, eps=cfg.norm_eps)
         moments = 2 * cfg.latent_channels if cfg.kind == "kl" else cfg.latent_channels
-        self.encoder = Encoder(cfg.in_channels, moments, **net)
+        self.encoder = Encoder(cfg.in_channels, moments, asymmetric=cfg.layout == "ldm", **net)
         self.decoder = Decoder(cfg.latent_channels, cfg.in_channels, **net)
 
     @property
@@ -105,21 +119,29 @@ class LatentAutoencoder(nn.Module):
 
 
 class KLAutoencoder(LatentAutoencoder):
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__(cfg)
+        c = cfg.latent_channels
+        # LDM's 1x1 convs between the encoder and the moments, and between z and the decoder.
+        self.quant_conv = nn.Conv2d(2 * c, 2 * c, 1) if cfg.quant_conv else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(c, c, 1) if cfg.quant_conv else nn.Identity()
+
     def posterior(self, px: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian(*self.encoder(px).chunk(2, dim=1))
+        """(B, C, H, W) -> q(z|x) with mean and logvar (B, c, H/f, W/f)."""
+        return DiagonalGaussian(*self.quant_conv(self.encoder(px)).chunk(2, dim=1))
 
     def encode_raw(self, px: torch.Tensor) -> torch.Tensor:
         return self.posterior(px).mean
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        return self.decoder(self.post_quant_conv(z))
 
     def regularised(self, px: torch.Tensor, generator: torch.Generator | None = None):
         """Training pass: (reconstruction (B, C, H, W), per-sample KL (B,), logs)."""
         q = self.posterior(px)
         kl = q.kl()
-        return self.decoder(q.sample(generator)), kl, {"kl": float(kl.detach().mean()),
-                                                     "posterior_std": float(q.std.detach().mean())}
+        return self.decode_raw(q.sample(generator)), kl, {"kl": float(kl.detach().mean()),
+                                                          "posterior_std": float(q.std.detach().mean())}
 
 
 class VQAutoencoder(LatentAutoencoder):
