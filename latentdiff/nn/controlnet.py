@@ -31,30 +31,55 @@ from latentdiff.nn.unet import UNet, UNetConfig, UNetEncoder
 class ControlNetConfig(Config):
     """``control_channels`` and ``control_size``: the control image (B, C, S, S) it reads, at the
     data's pixel resolution; ``hint_channels``: the hint encoder's first width (doubled at every 2x
-    downsampling, which it does until the U-Net's input resolution is reached)."""
+    downsampling, which it does until the U-Net's input resolution is reached); ``hint_widths``: the
+    hint encoder's width at every resolution instead, one more than the 2x downsamplings (diffusers'
+    ``conditioning_embedding_out_channels``, e.g. (16, 32, 96, 256) for a control 8x the latents)."""
 
     control_channels: int = 1
     control_size: int = 32
     hint_channels: int = 16
+    hint_widths: tuple[int, ...] | None = None    # width per resolution; None: hint_channels doubling
 
+    def __post_init__(self):
+        for name in ("control_channels", "control_size", "hint_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"controlnet.{name} must be at least 1, got {getattr(self, name)}")
+        if self.hint_widths is not None and (not self.hint_widths or min(self.hint_widths) < 1):
+            raise ValueError(f"controlnet.hint_widths must be null or a non-empty list of integers >= 1, "
+                             f"got {list(self.hint_widths)}")
 
-class HintEncoder(nn.Module):
-    """(B, C_c, S, S) control in [0, 1] -> (B, width, R, R) at the U-Net's conv_in resolution R, by
-    3x3 convolutions with SiLU and a stride-2 convolution per halving; the last convolution is zero."""
-
-    def __init__(self, in_channels: int, size: int, resolution: int, hint_channels: int, out_channels: int):
-        super().__init__()
+    def widths(self, resolution: int) -> tuple[int, ...]:
+        """The hint encoder's widths (w_0, ..., w_n) from ``control_size`` down to ``resolution`` (the
+        U-Net's conv_in side), n = log2(control_size / resolution) stride-2 steps."""
+        size = self.control_size
         halvings = math.log2(size / resolution) if size >= resolution else -1
         if halvings < 0 or halvings != int(halvings):
             raise ValueError(f"control size {size} must be the U-Net's input resolution {resolution} "
                              "times a power of 2")
-        width = hint_channels
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU()]
-        for _ in range(int(halvings)):
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
-                       nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU()]
-            width *= 2
-        layers.append(zero_module(nn.Conv2d(width, out_channels, 3, padding=1)))
+        if self.hint_widths is None:
+            return tuple(self.hint_channels * 2 ** i for i in range(int(halvings) + 1))
+        if len(self.hint_widths) != int(halvings) + 1:
+            raise ValueError(f"controlnet.hint_widths {list(self.hint_widths)} has {len(self.hint_widths)} widths, "
+                             f"but control size {size} down to the U-Net's input resolution {resolution} takes "
+                             f"{int(halvings)} halvings, so {int(halvings) + 1} widths")
+        return tuple(self.hint_widths)
+
+
+class HintEncoder(nn.Module):
+    """(B, C_c, S, S) control in [0, 1] -> (B, out_channels, S / 2^n, S / 2^n), n = len(widths) - 1:
+    a 3x3 convolution to w_0, then per halving i a 3x3 convolution w_i -> w_i and a stride-2 one
+    w_i -> w_{i+1}, each followed by SiLU; the last convolution (w_n -> out_channels) is zero.
+
+    ``net`` is one Sequential: index 0 the first convolution, 2 + 4i and 4 + 4i halving i's two
+    convolutions, 2 + 4n the zero convolution (the odd indices are the SiLUs)."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], out_channels: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.SiLU()]
+        for w, w_next in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(w, w, 3, padding=1), nn.SiLU(),
+                       nn.Conv2d(w, w_next, 3, stride=2, padding=1), nn.SiLU()]
+        layers.append(zero_module(nn.Conv2d(widths[-1], out_channels, 3, padding=1)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, control: torch.Tensor) -> torch.Tensor:
@@ -71,8 +96,7 @@ class ControlNet(UNetEncoder):
         super().__init__(unet_cfg)
         self.control_cfg = cfg
         resolution = unet_cfg.image_size // unet_cfg.patch_size
-        self.hint = HintEncoder(cfg.control_channels, cfg.control_size, resolution, cfg.hint_channels,
-                                unet_cfg.channels)
+        self.hint = HintEncoder(cfg.control_channels, cfg.widths(resolution), unet_cfg.channels)
         self.zero_convs = nn.ModuleList(zero_module(nn.Conv2d(c, c, 1)) for c in self.skip_channels)
         self.zero_middle = zero_module(nn.Conv2d(self.width, self.width, 1))
 
@@ -104,7 +128,8 @@ class ControlNet(UNetEncoder):
 
 def guess_mode_weights(n: int, decay: float = 0.825) -> list[float]:
     """Residual weights in guess mode, shallow to deep: decay^(n-1-i), so the middle block's residual
-    has weight 1 (the ControlNet reference implementation's "soft" control scales)."""
+    has weight 1 (the ControlNet reference implementation's "soft" control scales; diffusers' guess
+    mode is decay = 10^(-1/(n-1)), from 0.1 to 1)."""
     return [decay ** (n - 1 - i) for i in range(n)]
 
 
