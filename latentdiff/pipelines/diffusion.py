@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentdiff.accel import prepare, training_memory_format
-from latentdiff.conditioning import TextConditioned, TextEncoder, text_table
+from latentdiff.conditioning import TextConditioned, TextEncoder, text_encoder, text_table
 from latentdiff.conditioning.text_cache import BlendedText
 from latentdiff.data import build_dataset, grid_prompts
 from latentdiff.data.resolve import resolve_data
@@ -64,12 +64,25 @@ def load_denoiser(ckpt: str | Path, use_ema: bool = True, device: str | torch.de
     """A checkpoint directory -> (Denoiser in eval mode, RunConfig); the network in the faster memory
     format for its sampling precision on ``device``, torch.compile'd if ``compile`` (``accel.prepare``)."""
     state = load_checkpoint(ckpt, trainer_state=False)
-    cfg = RunConfig.from_dict(state.config)
+    cfg = parts_beside(RunConfig.from_dict(state.config), state.path)
     net = build_backbone(cfg)
     weights = state.ema_state if use_ema and state.ema_state is not None else state.model_state
     net.load_state_dict(weights)
     net = prepare(net.eval(), device, bf16=samples_in_bf16(cfg), compile=compile)
     return make_denoiser(net, cfg), cfg
+
+
+def parts_beside(cfg: RunConfig, ckpt: str | Path) -> RunConfig:
+    """The run config with its autoencoder and text-encoder paths resolved beside the checkpoint where
+    they are relative and exist there (a converted checkpoint keeps its parts in sub-folders,
+    ``interop.convert``); other paths stay as they are (relative to the working directory)."""
+    def beside(path: str | None) -> str | None:
+        if path is None or Path(path).is_absolute() or not (Path(ckpt) / path).exists():
+            return path
+        return str(Path(ckpt) / path)
+
+    text = None if cfg.text is None else cfg.text.replace(encoder=beside(cfg.text.encoder))
+    return cfg.replace(autoencoder=beside(cfg.autoencoder), text=text)
 
 
 def load_model(ckpt: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"):
@@ -195,7 +208,7 @@ def sampling_options(sample, **overrides) -> dict:
 
 def text_encoder_for(cfg: RunConfig) -> TextEncoder | None:
     """The run's frozen text encoder (None when it is not a text-to-image run)."""
-    return None if cfg.text is None else TextEncoder(cfg.text.encoder, cfg.text.max_length)
+    return None if cfg.text is None else text_encoder(cfg.text)
 
 
 def text_conditioned(cfg: RunConfig, dataset, extra_prompts: list[str] = ()) -> TextConditioned:

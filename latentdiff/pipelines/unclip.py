@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from latentdiff.conditioning import TextEncoder, text_table
+from latentdiff.conditioning import text_encoder, text_table
 from latentdiff.data import build_dataset
 from latentdiff.io.checkpoint import load_run_model, read_config
 from latentdiff.nn.prior import PriorTransformer
@@ -93,7 +93,7 @@ def load_prior(ckpt: str | Path, use_ema: bool = True, device: str | torch.devic
                               use_ema)
     clip, _, _ = clip_with_fingerprint(cfg.clip, cfg.clip_fingerprint)
     denoiser = make_denoiser(net.to(device), cfg)
-    return denoiser, cfg, PriorText(clip, TextEncoder(cfg.text.encoder, cfg.text.max_length))
+    return denoiser, cfg, PriorText(clip, text_encoder(cfg.text))
 
 
 @torch.no_grad()
