@@ -38,7 +38,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from latentdiff.interop.keys import LayoutError, StrictReader
+from latentdiff.interop.keys import LayoutError, StrictReader, check_like
 from latentdiff.interop.unet import DIFFUSERS_VERSION, LAYOUTS, Pair, sin_cos_swapped, unet_pairs
 from latentdiff.nn.controlnet import ControlNet, ControlNetConfig
 from latentdiff.nn.unet import UNetConfig
@@ -95,15 +95,7 @@ def controlnet_pairs(unet_cfg: UNetConfig, cfg: ControlNetConfig, layout: str = 
 
 def _check_shapes(state: Mapping[str, torch.Tensor], unet_cfg: UNetConfig, cfg: ControlNetConfig, name: str) -> None:
     """Raise LayoutError unless ``state`` has exactly the keys and shapes of ``ControlNet(unet_cfg, cfg)``."""
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in ControlNet(unet_cfg, cfg).state_dict().items()}
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v)})" for k, v in expected.items()
-             if k in state and state[k].shape != v]
-    for what, keys in (("is missing", missing), ("has unknown", extra), ("has wrongly shaped", wrong)):
-        if keys:
-            raise LayoutError(f"{name}: the ControlNet state {what} key(s): {', '.join(keys[:12])}"
-                              + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else ""))
+    check_like(state, lambda: ControlNet(unet_cfg, cfg), name, "ControlNet")
 
 
 def import_state(unet_cfg: UNetConfig, cfg: ControlNetConfig, state: Mapping[str, torch.Tensor], layout: str,

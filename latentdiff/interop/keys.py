@@ -9,7 +9,7 @@ result that misses or adds keys against the model it is meant for.
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -81,3 +81,17 @@ def rename(state: Mapping[str, torch.Tensor], pairs: Iterable[tuple[str, str]], 
         out[dst] = reader[src]
     reader.finish()
     return out
+
+
+def check_like(state: Mapping[str, torch.Tensor], build: Callable[[], torch.nn.Module], layout: str,
+               what: str) -> None:
+    """Raise LayoutError unless ``state`` has exactly the keys and tensor shapes of the module ``build()``
+    (built on the meta device: no memory, no init); ``what`` names the module in the message."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in build().state_dict().items()}
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v)})" for k, v in expected.items()
+             if k in state and state[k].shape != v]
+    for problem, keys in (("is missing", missing), ("has unknown", extra), ("has wrongly shaped", wrong)):
+        if keys:
+            raise LayoutError(f"{layout}: the {what} state {problem} key(s): {_listing(keys)}")

@@ -47,7 +47,7 @@ from typing import Iterator, Mapping, NamedTuple
 
 import torch
 
-from latentdiff.interop.keys import LayoutError, StrictReader
+from latentdiff.interop.keys import StrictReader, check_like
 from latentdiff.interop.unet_config import (DIFFUSERS_VERSION, config_from_diffusers, config_from_ldm,
                                            config_to_diffusers, levels)
 from latentdiff.nn.unet import UNet, UNetConfig
@@ -215,15 +215,7 @@ def unet_pairs(cfg: UNetConfig, layout: str, part: str = "all") -> Iterator[Pair
 
 def _check_shapes(state: Mapping[str, torch.Tensor], cfg: UNetConfig, name: str) -> None:
     """Raise LayoutError unless ``state`` has exactly the keys and shapes of ``UNet(cfg)``."""
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in UNet(cfg).state_dict().items()}
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v)})" for k, v in expected.items()
-             if k in state and state[k].shape != v]
-    for what, keys in (("is missing", missing), ("has unknown", extra), ("has wrongly shaped", wrong)):
-        if keys:
-            raise LayoutError(f"{name}: the U-Net state {what} key(s): {', '.join(keys[:12])}"
-                              + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else ""))
+    check_like(state, lambda: UNet(cfg), name, "U-Net")
 
 
 def import_state(cfg: UNetConfig, state: Mapping[str, torch.Tensor], layout: str, name: str) -> dict:

@@ -28,7 +28,7 @@ from typing import Iterator, Mapping
 import torch
 
 from latentdiff.autoencoders.models import AutoencoderConfig, build_autoencoder
-from latentdiff.interop.keys import LayoutError, StrictReader, check_keys
+from latentdiff.interop.keys import LayoutError, StrictReader, check_like
 
 SD_SCALE_FACTOR = 0.18215        # Stable Diffusion v1/v2's latent scale (its LDM config), not stored in weights
 DIFFUSERS_VERSION = "0.42.1"     # the diffusers release these maps are tested against
@@ -143,13 +143,7 @@ def _check_sd_config(cfg: AutoencoderConfig) -> None:
 
 def _check_shapes(cfg: AutoencoderConfig, state: Mapping[str, torch.Tensor], layout: str) -> None:
     """Refuse a state dict whose keys or shapes are not those of ``build_autoencoder(cfg)``."""
-    with torch.device("meta"):
-        expected = build_autoencoder(cfg).state_dict()
-    check_keys(state, expected, layout)
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-             if state[k].shape != v.shape]
-    if wrong:
-        raise LayoutError(f"{layout}: {len(wrong)} tensor(s) of the wrong shape: {', '.join(wrong[:8])}")
+    check_like(state, lambda: build_autoencoder(cfg), layout, "autoencoder")
 
 
 def to_ours(cfg: AutoencoderConfig, state: Mapping[str, torch.Tensor], layout: str) -> dict:
