@@ -1,5 +1,6 @@
-"""A tiny Stable-Diffusion-layout pipeline written by diffusers itself (random weights, a tiny CLIP
-text model and a word-level BPE tokenizer), for the interop tests: no download, a few MB."""
+"""Fixtures of the interop tests: weights randomised so that no map error can hide behind a zero, and a
+tiny Stable-Diffusion-layout pipeline written by diffusers itself (random weights, a tiny CLIP text model
+and a word-level BPE tokenizer): no download, a few MB."""
 
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ def write_tokenizer(folder: Path) -> None:
     CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77).save_pretrained(folder)
 
 
-def randomise(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
-    """Every parameter drawn N(0, std^2) around its init (so zero-initialised layers are not zero)."""
+def randomise(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Every weight N(0, std^2) (zero-initialised output layers too), norm scales 1 + N(0, std^2), so no
+    tensor is trivially zero or one and a wrong map shows in the outputs; returns the model in eval mode."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
+        for name, p in model.named_parameters():
+            z = torch.randn(p.shape, generator=g) * std
+            p.copy_(1 + z if "norm" in name and name.endswith("weight") and p.ndim == 1 else z)
+    return model.eval()
 
 
 def tiny_sd_pipeline(seed: int = 0):
@@ -67,7 +71,7 @@ def tiny_sd_pipeline(seed: int = 0):
                                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                         pad_token_id=tokenizer.pad_token_id))
     for i, part in enumerate((unet, vae, text)):
-        randomise(part, seed + i)
+        randomise(part, seed=seed + i)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="trailing", steps_offset=0)
     return StableDiffusionPipeline(vae=vae, text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(),

@@ -15,6 +15,7 @@ pytest.importorskip("diffusers")
 from diffusers import ControlNetModel, UNet2DConditionModel  # noqa: E402
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from sd_fixture import randomise  # noqa: E402
 
 from latentdiff.interop.controlnet import (controlnet_from_diffusers, controlnet_from_ldm,  # noqa: E402
                                            controlnet_to_diffusers, controlnet_to_ldm)
@@ -33,25 +34,15 @@ EXPORTABLE = UNetConfig(image_size=SIZE, in_channels=4, channels=16, channel_mul
                         transformer_norm_eps=1e-6)
 
 
-def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights N(0, 0.03^2), norm gains 1 + N(0, 0.03^2): no tensor is left zero or one."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = 0.03 * torch.randn(p.shape, generator=g)
-            p.copy_(noise + 1 if "norm" in name and name.endswith("weight") else noise)
-    return module.eval()
-
-
 def _reference(seed: int = 0, **kw) -> ControlNetModel:
-    return _randomise(ControlNetModel(**{**SD_STYLE, "conditioning_embedding_out_channels": (8, 16, 16, 32), **kw}),
-                      seed)
+    return randomise(ControlNetModel(**{**SD_STYLE, "conditioning_embedding_out_channels": (8, 16, 16, 32), **kw}),
+                     std=0.03, seed=seed)
 
 
 def _base() -> tuple[UNet2DConditionModel, UNetConfig, UNet]:
     """A random diffusers SD-style U-Net, its config imported, and ours with its weights."""
-    unet = _randomise(UNet2DConditionModel(**SD_STYLE, sample_size=SIZE, out_channels=4,
-                                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")), 5)
+    unet = randomise(UNet2DConditionModel(**SD_STYLE, sample_size=SIZE, out_channels=4,
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")), std=0.03, seed=5)
     unet_cfg, state = unet_from_diffusers({**unet.config, "_class_name": "UNet2DConditionModel"}, unet.state_dict())
     base = UNet(unet_cfg).eval()
     base.load_state_dict(state, strict=True)
@@ -139,7 +130,7 @@ def test_diffusers_from_unet_copies_what_our_from_unet_copies():
 @torch.no_grad()
 def test_export_loads_in_diffusers_from_a_folder_we_write(tmp_path):
     cfg = ControlNetConfig(control_channels=1, control_size=8 * SIZE, hint_channels=4)  # widths (4, 8, 16, 32)
-    net = _randomise(ControlNet(EXPORTABLE, cfg), 3)
+    net = randomise(ControlNet(EXPORTABLE, cfg), std=0.03, seed=3)
     config, state = controlnet_to_diffusers(EXPORTABLE, cfg, net.state_dict())
     (tmp_path / "config.json").write_text(json.dumps(config))
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "diffusion_pytorch_model.safetensors"))

@@ -21,6 +21,7 @@ from latentdiff.interop.unet import (save_diffusers_folder, unet_from_diffusers,
                                      unet_to_ldm)
 from latentdiff.nn.attention import SpatialTransformer  # noqa: E402
 from latentdiff.nn.unet import UNet, UNetConfig  # noqa: E402
+from sd_fixture import randomise  # noqa: E402
 
 TOL = 1e-5
 PREFIX = "model.diffusion_model."
@@ -41,16 +42,6 @@ CONDITION = {  # Stable Diffusion 1.x-like (conv projections, 8 heads, 768 conte
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), use_linear_projection=True,
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=1024),
 }
-
-
-def randomise(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Every weight N(0, std^2) (zero-initialised output layers too), norm scales 1 + N(0, std^2): outputs ~1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            z = torch.randn(p.shape, generator=g) * std
-            p.copy_(1 + z if "norm" in name and name.endswith("weight") and p.ndim == 1 else z)
-    return model.eval()
 
 
 def unet2d(name: str) -> UNet2DModel:

@@ -12,6 +12,7 @@ pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL  # noqa: E402
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from sd_fixture import randomise  # noqa: E402
 
 from latentdiff.autoencoders.models import AutoencoderConfig, KLAutoencoder  # noqa: E402
 from latentdiff.interop.keys import LayoutError  # noqa: E402
@@ -21,22 +22,12 @@ from latentdiff.interop.vae import (config_from_ldm, ldm_vae_state, vae_from_dif
 TOL = 1e-5
 
 
-def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights N(0, 0.05^2), GroupNorm gains 1 + N(0, 0.05^2): no tensor is left zero or one."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = 0.05 * torch.randn(p.shape, generator=g)
-            p.copy_(noise + 1 if "norm" in name and name.endswith("weight") else noise)
-    return module.eval()
-
-
 def _reference(widths=(32, 64), layers=1, groups=8, quant=True, attention=True, **kw) -> AutoencoderKL:
     vae = AutoencoderKL(block_out_channels=widths, down_block_types=("DownEncoderBlock2D",) * len(widths),
                         up_block_types=("UpDecoderBlock2D",) * len(widths), layers_per_block=layers,
                         latent_channels=4, norm_num_groups=groups, sample_size=32, use_quant_conv=quant,
                         use_post_quant_conv=quant, mid_block_add_attention=attention, **kw)
-    return _randomise(vae)
+    return randomise(vae)
 
 
 def _ours(cfg: AutoencoderConfig, state: dict) -> KLAutoencoder:
@@ -87,7 +78,7 @@ def test_export_loads_in_diffusers(tmp_path):
     cfg = AutoencoderConfig(kind="kl", image_size=32, in_channels=3, channels=32, channel_mult=(1, 2),
                             num_res_blocks=2, attention=True, norm_groups=8, latent_channels=4, scale_factor=0.25,
                             shift_factor=-0.05, layout="ldm", quant_conv=True)
-    model = _randomise(KLAutoencoder(cfg))
+    model = randomise(KLAutoencoder(cfg))
     config, state = vae_to_diffusers(cfg, model.state_dict())
     (tmp_path / "config.json").write_text(json.dumps(config))
     save_file(state, str(tmp_path / "diffusion_pytorch_model.safetensors"))
@@ -198,7 +189,7 @@ def test_sd_vae_full_size():
     ref = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                         sample_size=512)
-    _randomise(ref)
+    randomise(ref)
     assert 83.6e6 < sum(p.numel() for p in ref.parameters()) < 83.7e6
     cfg, ours = vae_from_diffusers(dict(ref.config), ref.state_dict())
     assert (cfg.channels, cfg.channel_mult, cfg.num_res_blocks, cfg.image_size) == (128, (1, 2, 4, 4), 2, 512)
