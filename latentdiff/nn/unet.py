@@ -91,8 +91,8 @@ class UNetConfig(Config):
             if not getattr(self, name) > 0:
                 raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.linear_projection and not self.transformer:
-            raise ValueError("model.linear_projection is a layout of the transformer layers: it needs "
-                             "model.transformer true")
+            raise ValueError("model.linear_projection=true must come with model.transformer=true (it is a layout "
+                             "of the transformer layers' projections)")
 
 
 class UNetEncoder(nn.Module):
