@@ -2,14 +2,17 @@
 
 Images inside latentdiff are float tensors ``(N, C, H, W)`` in ``[-1, 1]``;
 these helpers convert them to ``uint8`` pixels, tile them into a grid and
-read/write PNG files with Pillow.
+read/write PNG files with Pillow. Given ``parameters``, a saved PNG carries them
+(:mod:`latentdiff.io.png_meta`: AUTOMATIC1111's ``parameters`` chunk and a ``latentdiff`` JSON chunk).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,12 +73,16 @@ def save_grid(
     path: str | os.PathLike,
     nrow: int | None = None,
     caption: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Save ``(N, C, H, W)`` images in ``[-1, 1]`` as a PNG grid.
 
     Tiles smaller than 64 px are upscaled by an integer factor (nearest
     neighbour). A ``caption``, if given, is drawn in a white band above the
-    grid. Parent directories are created. Returns the path written.
+    grid. ``parameters`` (the request's fields, see :func:`latentdiff.io.png_meta.parameters_text`)
+    and ``config`` are written into the PNG's text chunks. Parent directories
+    are created. Returns the path written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,23 +96,37 @@ def save_grid(
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     if caption:
         picture = _add_caption(picture.convert("RGB"), caption)
-    picture.save(path, format="PNG")
-    return path
+    return _write_png(picture, path, parameters, config)
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Save one (C, H, W) image in [-1, 1] as a PNG at its own size (grey for C = 1); folders are created."""
+def save_image(image: torch.Tensor, path: str | os.PathLike, parameters: dict[str, Any] | None = None,
+               config: dict[str, Any] | None = None) -> Path:
+    """Save one (C, H, W) image in [-1, 1] as a PNG at its own size (grey for C = 1), with ``parameters``
+    and ``config`` in its text chunks when given (as :func:`save_grid`); folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(image[None])[0]
-    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path, format="PNG")
+    return _write_png(Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels), path, parameters, config)
+
+
+def _write_png(picture: Image.Image, path: Path, parameters: dict[str, Any] | None,
+               config: dict[str, Any] | None) -> Path:
+    """``picture`` as a PNG at ``path``, with the png_meta text chunks when ``parameters`` are given."""
+    if parameters is None:
+        picture.save(path, format="PNG")
+    else:
+        from latentdiff.io.png_meta import png_bytes
+
+        path.write_bytes(png_bytes(picture, parameters, config))
     return path
 
 
 def save_prompt_rows(images: torch.Tensor, prompts: list[str], path: str | os.PathLike,
-                     title: str | None = None) -> Path:
+                     title: str | None = None, parameters: dict[str, Any] | None = None,
+                     config: dict[str, Any] | None = None) -> Path:
     """A figure with one row per prompt: the prompt, then its samples. ``images`` (P * K, C, H, W)
-    in [-1, 1], prompt-major (the K samples of prompt 0 first). Returns the path written."""
+    in [-1, 1], prompt-major (the K samples of prompt 0 first); ``parameters`` and ``config`` go into
+    the PNG's text chunks (as :func:`save_grid`). Returns the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +144,14 @@ def save_prompt_rows(images: torch.Tensor, prompts: list[str], path: str | os.Pa
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    if parameters is None:
+        fig.savefig(path, dpi=110)
+    else:  # matplotlib's own PNG metadata takes Latin-1 only: re-save the figure through png_meta
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=110, format="png")
+        with Image.open(buffer) as picture:
+            picture.load()
+            _write_png(picture, path, parameters, config)
     plt.close(fig)
     return path
 
