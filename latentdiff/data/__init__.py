@@ -1,5 +1,5 @@
 """Datasets: Fashion-MNIST, image folders, the procedural ``shapes`` and scikit-image photo crops
-(``photos``), with one dict interface.
+(``photos``), with one dict interface; and webdataset shards of any of them (``shards``, streamed).
 
 Every dataset here keeps decoded uint8 images in memory and exposes
 
@@ -7,6 +7,9 @@ Every dataset here keeps decoded uint8 images in memory and exposes
 * ``get_batch(index (B,)) -> {"x": (B, C, S, S), "label": (B,), ...}``
 * attributes ``num_classes``, ``channels``, ``image_size``;
 * ``captions`` (one string per item) where the dataset is captioned (``shapes``, ``fmnist``).
+
+``shards`` (``data.root`` = a folder ``latentdiff prepare`` wrote) is streamed instead: a
+``shard_stream.ShardDataset``, whose ``stream(...)`` gives the same batch dicts (``training.batches``).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from .fashion_mnist import CLASS_NAMES, FashionMNIST, class_caption, read_idx
 from .image_folder import ImageFolder, _scan
 from .photos import PhotoCrops
 from .resized import Downsampled
+from .shard_stream import ShardDataset
+from .shards import MANIFEST_FILE
 from .shapes import ShapesDataset, held_out_prompts
 
-DATASET_NAMES = ("fmnist", "folder", "shapes", "photos")
+DATASET_NAMES = ("fmnist", "folder", "shapes", "photos", "shards")
 SHAPES_DEFAULT_SIZE = {"train": 50_000, "test": 5_000}
 PHOTOS_DEFAULT_SIZE = {"train": 20_000, "test": 1_000}
 
@@ -34,7 +39,8 @@ class DataConfig(Config):
     """Which dataset to load.
 
     Attributes:
-        name: ``"fmnist"``, ``"folder"``, ``"shapes"`` or ``"photos"`` (crops of scikit-image's photographs).
+        name: ``"fmnist"``, ``"folder"``, ``"shapes"``, ``"photos"`` (crops of scikit-image's photographs)
+            or ``"shards"`` (a folder of webdataset shards, ``latentdiff prepare``; streamed).
         root: data folder; None means the default (Fashion-MNIST only).
         image_size: side S of the images.
         channels: 1 (grey) or 3 (RGB); Fashion-MNIST is always 1, ``shapes`` always 3.
@@ -116,12 +122,30 @@ def _build_images(cfg: DataConfig, split: str = "train") -> Dataset:
             raise ValueError(f"shapes images have 3 channels, DataConfig.channels={cfg.channels}")
         n = cfg.n if cfg.n is not None else SHAPES_DEFAULT_SIZE.get(split, 5_000)
         return ShapesDataset(n=n, image_size=cfg.image_size, split=split, seed=cfg.seed)
+    if cfg.name == "shards":
+        return shard_dataset(cfg, split)
     if cfg.name == "photos":
         if cfg.channels != 3:
             raise ValueError(f"photo crops have 3 channels, DataConfig.channels={cfg.channels}")
         n = cfg.n if cfg.n is not None else PHOTOS_DEFAULT_SIZE.get(split, 1_000)
         return PhotoCrops(n=n, image_size=cfg.image_size, split=split, seed=cfg.seed)
     raise ValueError(f"unknown dataset name {cfg.name!r}; valid names: {list(DATASET_NAMES)}")
+
+
+def shard_dataset(cfg: DataConfig, split: str = "train", latent_hash: str | None = None,
+                  text: bool = False) -> ShardDataset:
+    """The shard folder ``data.root`` (``root/<split>`` when it has train/ and test/ shard folders) as a
+    streaming data set, its ``x`` the latents of ``latent_hash`` when given, with text embeddings if ``text``."""
+    if cfg.root is None:
+        raise ValueError("data.name=shards needs data.root = a folder written by `latentdiff prepare`")
+    root = Path(cfg.root).expanduser()
+    if (root / "train" / MANIFEST_FILE).is_file() and (root / "test" / MANIFEST_FILE).is_file():
+        root = root / split
+    data = ShardDataset(root, latent_hash=latent_hash, text=text)
+    if latent_hash is None and (data.image_size != cfg.image_size or data.channels != cfg.channels):
+        raise ValueError(f"data.root={cfg.root} holds {data.channels}-channel {data.image_size} px images but "
+                         f"data.image_size={cfg.image_size}, data.channels={cfg.channels}: set them to match")
+    return data
 
 
 def has_splits(root: str | Path) -> bool:
@@ -155,6 +179,11 @@ def grid_prompts(cfg: DataConfig, k: int = 10) -> list[str]:
         return held_out_prompts(n=k)
     if cfg.name == "fmnist":
         return [class_caption(y % 10) for y in range(k)]
+    if cfg.name == "shards":
+        captions = shard_dataset(cfg, "test").preview_captions
+        if not captions:
+            raise ValueError(f"the shards in {cfg.root} have no captions for a text-to-image run")
+        return captions[:k]
     captions = getattr(build_dataset(cfg, "test"), "captions", None)
     if not captions:
         raise ValueError(f"dataset {cfg.name!r} has no captions for a text-to-image run")
@@ -170,11 +199,13 @@ __all__ = [
     "ImageFolder",
     "PhotoCrops",
     "ShapesDataset",
+    "ShardDataset",
     "build_dataset",
     "class_caption",
     "grid_prompts",
     "has_splits",
     "require_test_split",
+    "shard_dataset",
     "split_root",
     "read_idx",
 ]

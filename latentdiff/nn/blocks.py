@@ -6,12 +6,19 @@ second normalisation ("AdaGN", h = GN(h) (1 + s) + b), dropout, and a
 zero-initialised second conv, so each block starts as the identity. With
 ``emb_dim=0`` the block has no embedding input (the autoencoders' ResBlock,
 Rombach et al. 2021).
+
+Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"): with
+``set_grad_checkpointing(net, True)`` every ResBlock and attention layer of the U-Net, and every
+transformer block of DiT and MMDiT, keeps only its inputs in the forward pass and recomputes its
+activations in the backward pass (``torch.utils.checkpoint``, non-reentrant; the RNG state is
+replayed, so dropout draws the same masks and the gradients equal those without it).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from latentdiff.nn.attention import CrossAttention2d, SelfAttention2d, SpatialTransformer
@@ -72,17 +79,42 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def maybe_checkpoint(enabled: bool, layer: nn.Module, *args):
+    """``layer(*args)``; with ``enabled`` (and autograd on) its activations are recomputed in the
+    backward pass instead of kept (non-reentrant ``torch.utils.checkpoint``, RNG state replayed)."""
+    if enabled and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
+
+
+def set_grad_checkpointing(net: nn.Module, enabled: bool = True) -> int:
+    """Switch gradient checkpointing of every block container in ``net`` (U-Net stages, DiT and MMDiT
+    backbones; any module whose class has a ``grad_checkpointing`` attribute) on or off. Returns how
+    many containers were switched (0: ``net`` has none, e.g. an MLP). The weights are untouched."""
+    switched = 0
+    for module in net.modules():
+        if hasattr(type(module), "grad_checkpointing"):
+            module.grad_checkpointing = enabled
+            switched += 1
+    return switched
+
+
 class EmbedSequential(nn.ModuleList):
     """Applies its modules in order, passing the embedding to the ResBlocks and the text tokens
-    (B, L, D) with their mask (B, L) to the cross-attention layers."""
+    (B, L, D) with their mask (B, L) to the cross-attention layers. With ``grad_checkpointing`` each
+    ResBlock and attention layer is checkpointed on its own (resampling convs are not)."""
+
+    grad_checkpointing = False  # set by set_grad_checkpointing
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb)
+                x = maybe_checkpoint(self.grad_checkpointing, layer, x, emb)
             elif isinstance(layer, (CrossAttention2d, SpatialTransformer)):
-                x = layer(x, context, mask)
+                x = maybe_checkpoint(self.grad_checkpointing, layer, x, context, mask)
+            elif isinstance(layer, SelfAttention2d):
+                x = maybe_checkpoint(self.grad_checkpointing, layer, x)
             else:
                 x = layer(x)
         return x

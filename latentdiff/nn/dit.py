@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from latentdiff.nn.attention import GELUMLP, token_attention
+from latentdiff.nn.blocks import maybe_checkpoint
 from latentdiff.nn.transformer import AdaLN, HeadNorm, TransformerBackbone, TransformerConfig, modulate, plain_norm
 
 
@@ -117,5 +118,5 @@ class DiT(TransformerBackbone):
             context, mask = self.text_context(len(x), text, text_mask, x.device)
         h = self.patch(x)
         for block in self.blocks:
-            h = block(h, c, context, mask)
+            h = maybe_checkpoint(self.grad_checkpointing, block, h, c, context, mask)
         return self.to_image(h, c)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from latentdiff.nn.attention import GELUMLP, token_attention
+from latentdiff.nn.blocks import maybe_checkpoint
 from latentdiff.nn.dit import SelfAttention
 from latentdiff.nn.transformer import AdaLN, TransformerBackbone, TransformerConfig, modulate, plain_norm
 
@@ -106,5 +107,5 @@ class MMDiT(TransformerBackbone):
             text, text_mask = x.new_zeros(len(x), 0, self.cfg.context_dim), None
         h, y = self.patch(x), self.context_embedder(text.to(x.dtype))
         for block in self.blocks:
-            h, y = block(h, y, c, text_mask)
+            h, y = maybe_checkpoint(self.grad_checkpointing, block, h, y, c, text_mask)
         return self.to_image(h, c)

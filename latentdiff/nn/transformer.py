@@ -171,7 +171,10 @@ class FinalLayer(nn.Module):
 class TransformerBackbone(nn.Module):
     """What DiT and MMDiT share: ``model`` (a ``UNetConfig``) is the interface and ``cfg`` the sizes
     (``net.cfg`` is the interface: what samplers and guidance read); the patch embedding, the
-    condition embedding and the final layer back to (B, C_out, S, S) (``to_image``)."""
+    condition embedding and the final layer back to (B, C_out, S, S) (``to_image``). With
+    ``grad_checkpointing`` (``nn.blocks.set_grad_checkpointing``) each block is checkpointed."""
+
+    grad_checkpointing = False
 
     def __init__(self, model, cfg: TransformerConfig, learned_variance: bool = False):
         super().__init__()

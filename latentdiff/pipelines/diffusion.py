@@ -89,12 +89,18 @@ def load_model(ckpt: str | Path, use_ema: bool = True, device: str | torch.devic
     """A diffusion checkpoint -> (Denoiser, autoencoder (identity in pixel space), RunConfig).
 
     A DMD student's checkpoint gives the student, with the teacher's config and the student's sampling
-    defaults (``pipelines.dmd.load_student``). Raises ValueError naming both shapes when the
+    defaults (``pipelines.dmd.load_student``); a LoRA adapter's gives its base with the adapter on it
+    (``pipelines.lora.load_model_with_adapters``). Raises ValueError naming both shapes when the
     autoencoder's latents do not fit the U-Net."""
-    if read_config(ckpt).get("task") == "dmd":
+    task = read_config(ckpt).get("task")
+    if task == "dmd":
         from latentdiff.pipelines.dmd import load_student
 
         return load_student(ckpt, use_ema, device)[:3]
+    if task == "lora":
+        from latentdiff.pipelines.lora import load_model_with_adapters
+
+        return load_model_with_adapters(ckpt, use_ema=use_ema, device=device)
     denoiser, cfg = load_denoiser(ckpt, use_ema, device)
     return denoiser, autoencoder_for(cfg, device), cfg
 
@@ -211,6 +217,22 @@ def text_encoder_for(cfg: RunConfig) -> TextEncoder | None:
     return None if cfg.text is None else text_encoder(cfg.text)
 
 
+def shard_training_data(cfg: RunConfig):
+    """The run's shard folder (``data.name=shards``) as a streaming data set: its ``x`` the latents of the
+    run's autoencoder (stored by ``prepare --latents``) in a latent run, with the stored text embeddings
+    in a text-to-image run (checked to be the run's text encoder's)."""
+    from latentdiff.data import shard_dataset
+    from latentdiff.data.shards import autoencoder_hash
+
+    latent_hash = autoencoder_hash(cfg.autoencoder) if cfg.autoencoder else None
+    data = shard_dataset(cfg.data, "train", latent_hash=latent_hash, text=cfg.text is not None)
+    stored = (data.manifest["holds"].get("text_embedding") or {}).get("text")
+    if cfg.text is not None and stored != cfg.text.to_dict():
+        raise ValueError(f"the text embeddings in {cfg.data.root} are of text config {stored}, this run's is "
+                         f"{cfg.text.to_dict()}: prepare the shards with the run's text.* settings")
+    return data
+
+
 def text_conditioned(cfg: RunConfig, dataset, extra_prompts: list[str] = ()) -> TextConditioned:
     """``dataset`` (images or their latents) with each item's caption encoded, from the text cache.
     The table also holds ``extra_prompts`` (the training grids' prompts). A recaptioned dataset's
@@ -287,11 +309,16 @@ def train_run(cfg: RunConfig, out_dir: str | Path, cpu: bool | None = None) -> d
     An image folder's config is checked against the folder first (``data.resolve.resolve_data``)."""
     cfg, _ = resolve_data(cfg)
     autoencoder = autoencoder_for(cfg)
-    dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
+    if cfg.data.name == "shards":  # streamed; latents and text embeddings come stored in the shards
+        dataset = shard_training_data(cfg)
+    else:
+        dataset = latent_dataset(cfg, autoencoder) if cfg.autoencoder else build_dataset(cfg.data, "train")
     prompts = grid_prompts(cfg.data) if cfg.text is not None else None
     grid_of_test = cfg.superres is not None or cfg.unclip is not None
     test = build_dataset(cfg.data, "test") if grid_of_test else None
-    if prompts is not None:  # an upsampler's or decoder's grid shows test images: their captions join the table
+    if prompts is not None and cfg.data.name == "shards":
+        dataset.table = text_table(cfg.text, prompts)  # the training grid's prompts only
+    elif prompts is not None:  # an upsampler's or decoder's grid shows test images: their captions join the table
         extra = list(test.captions[:cfg.sample.n_grid]) if test is not None else []
         dataset = text_conditioned(cfg, dataset, prompts + extra)
     net = build_backbone(cfg)

@@ -2,6 +2,9 @@
 
 Data order is a function of (seed, epoch) only, so a resumed run sees the same batches as an
 uninterrupted one; ``BatchStream.position`` = (epoch, next batch index) is all resume needs.
+A streaming shard data set (``data.shard_stream``, ``data.name=shards``) gets a ``ShardBatchStream``
+with the same interface: its order is a function of (seed, epoch) and the shard manifest, so the
+same (epoch, batch index), stored by the trainer state (``training.state``), resumes it exactly.
 """
 
 from __future__ import annotations
@@ -75,3 +78,52 @@ class BatchStream:
             drop_last=True, generator=g, pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
+
+
+class ShardBatchStream:
+    """The :class:`BatchStream` interface over a streaming shard data set (``data.shard_stream.ShardDataset``).
+
+    Batches come from a ``DataLoader(batch_size=None)`` over the data set's ``ShardStream``, whose
+    workers read disjoint shards; ``position`` = (epoch, index of the next batch in the epoch) and
+    ``seek`` restarts the stream there, reading only what it still needs. ``corrupt`` counts the
+    corrupt items this process has skipped (logged by the trainer as ``corrupt_members``).
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int, world_size: int,
+                 num_workers: int, device: torch.device) -> None:
+        self.stream = dataset.stream(batch_size, seed, rank, world_size, num_workers)
+        self.num_workers, self.device = num_workers, device
+        self.batches_per_epoch = self.stream.batches_per_epoch
+        self.epoch, self.index, self.corrupt = 0, 0, 0
+        self._loader = None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.index
+
+    def seek(self, epoch: int, index: int) -> None:
+        """Continue at batch ``index`` of ``epoch``."""
+        self.epoch, self.index, self._loader = epoch, index, None
+
+    def next(self) -> dict:
+        """The next batch, tensors moved to the device."""
+        if self._loader is None:
+            self.stream.start = (self.epoch, self.index)
+            self._loader = iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
+                                           pin_memory=self.device.type == "cuda", persistent_workers=False))
+        batch = {}
+        while "x" not in batch:  # a window whose items were all corrupt holds only its count
+            batch = next(self._loader)
+            self.corrupt += int(batch.pop("corrupt", 0))
+            self.index += 1
+            if self.index >= self.batches_per_epoch:
+                self.epoch, self.index = self.epoch + 1, 0  # the stream itself runs on into the next epoch
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def make_batch_stream(dataset, batch_size: int, seed: int, rank: int, world_size: int, num_workers: int,
+                      device: torch.device) -> BatchStream | ShardBatchStream:
+    """The batch stream of ``dataset``: a :class:`ShardBatchStream` for a streaming one (it has
+    ``stream``), else a :class:`BatchStream`."""
+    kind = ShardBatchStream if hasattr(dataset, "stream") else BatchStream
+    return kind(dataset, batch_size, seed, rank, world_size, num_workers, device)

@@ -5,10 +5,12 @@ checkpoint's except in the fields of :data:`RESUMABLE`: how long to train (``max
 ``max_minutes``), the optimisation settings that live in the optimizer and scheduler
 (``lr``, ``weight_decay``, ``warmup_steps``, ``grad_clip``, ``ema_decay``), the cadence of logs,
 checkpoints and sample grids, ``num_workers``, ``on_nonfinite``, ``init_from`` (only read by a
-fresh run) and the sampling defaults (``sample.*``) and ``description``. Everything else
-(architecture, objective, data, batch size, seed, precision, ...) is refused with an error naming
-the field and both values. :data:`DERIVED` fields are written by the run itself (the latent scale
-measured after an autoencoder's training) and are ignored. The changed values are applied to the
+fresh run), ``grad_checkpointing`` (memory for time, the same maths) and the sampling defaults
+(``sample.*``) and ``description``. Everything else (architecture, objective, data, batch size,
+seed, precision, ``fsdp``, ...) is refused with an error naming the field and both values.
+:data:`DERIVED` fields are written by the run itself (the latent scale measured after an
+autoencoder's training) and are ignored; :data:`ADDED_FIELDS` missing from an older checkpoint's
+config take the value that ran before they existed. The changed values are applied to the
 restored optimizer and LR schedule (:func:`apply_train_settings`), so what config.json says is
 what runs.
 """
@@ -18,10 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 RESUMABLE_TRAIN = ("lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "max_steps", "max_minutes",
-                   "sample_every", "checkpoint_every", "log_every", "num_workers", "on_nonfinite", "init_from")
+                   "sample_every", "checkpoint_every", "log_every", "num_workers", "on_nonfinite", "init_from",
+                   "grad_checkpointing")
 RESUMABLE = tuple(f"train.{name}" for name in RESUMABLE_TRAIN) + ("description",)
 RESUMABLE_PREFIXES = ("sample.",)
 DERIVED = ("autoencoder.scale_factor",)
+# Fields added after checkpoints were written, with the value that ran before they existed: a saved
+# config without the field equals a command with that value.
+ADDED_FIELDS = {"train.fsdp": False, "train.grad_checkpointing": False}
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,6 +44,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Every dotted key whose value differs: ``key -> (saved value, new value)`` (None = absent)."""
     a, b = flatten(saved), flatten(new)
+    a = {**{k: v for k, v in ADDED_FIELDS.items() if k in b}, **a}
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in DERIVED}
 
 

@@ -3,7 +3,9 @@
 ``trainer_state.pt`` holds the optimizer step, the data position (epoch, batch index within the
 epoch), optimizer and LR-scheduler state, every rank's loss generator and torch RNG states and the
 elapsed time: only tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(weights_only=True)`` (latentdiff.io.checkpoint).
+``torch.load(weights_only=True)`` (latentdiff.io.checkpoint). A streamed shard folder's order is a
+function of the seed and its manifest, so the same (epoch, batch index) resumes the stream where it
+was (``training.batches.ShardBatchStream``).
 """
 
 from __future__ import annotations

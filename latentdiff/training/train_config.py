@@ -16,7 +16,12 @@ class TrainConfig(Config):
 
     ``on_nonfinite``: what a step with a non-finite loss or gradient does: ``stop`` (keep the last
     good checkpoint and exit with one line) or ``skip`` (drop that update, count it, go on).
-    ``init_from``: a checkpoint whose weights (its EMA where it has one) start a fresh run."""
+    ``init_from``: a checkpoint whose weights (its EMA where it has one) start a fresh run.
+    ``fsdp``: shard parameters, gradients and optimizer state over the processes (torch FSDP2,
+    ``training.sharding``) for models that do not fit one device; checkpoints hold the full state.
+    ``grad_checkpointing``: recompute each U-Net res/attention block's and each transformer block's
+    activations in the backward pass (``nn.blocks.set_grad_checkpointing``): less memory, more time.
+    Checkpoints written before these two existed resume with both false (``resume.ADDED_FIELDS``)."""
 
     batch_size: int = 64  # images per optimizer step, per process
     lr: float = 2e-4  # peak learning rate (AdamW)
@@ -35,6 +40,8 @@ class TrainConfig(Config):
     num_workers: int = 0  # data-loader worker processes (0: in the main process)
     on_nonfinite: str = "stop"  # non-finite loss or gradient: stop (keep the last good checkpoint) or skip
     init_from: str | None = None  # a checkpoint whose weights (its EMA where it has one) start a fresh run
+    fsdp: bool = False  # shard the model over the processes (FSDP2); checkpoints hold the full state dict
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass (memory for time)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "sample_every", "checkpoint_every", "log_every"):
@@ -52,6 +59,9 @@ class TrainConfig(Config):
             raise ValueError(f"train.on_nonfinite must be stop or skip; got {self.on_nonfinite!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise ValueError(f"train.init_from must be a checkpoint path; got {self.init_from!r}")
+        for name in ("fsdp", "grad_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name} must be true or false; got {getattr(self, name)!r}")
 
 
 def _require(name: str, value, ok, what: str, kind: type = float) -> None:

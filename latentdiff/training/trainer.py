@@ -27,6 +27,11 @@ seeded before anything random happens; every step checks its loss, gradient norm
 parameters for inf/NaN, and a checkpoint is written only after the weights it holds have given
 a finite loss and gradient (``state.Snapshot``), so the last checkpoint is a good one; resuming
 may change only the fields of ``resume.RESUMABLE``, which are applied to the restored optimizer.
+
+Scale (issue 24): any launcher (torchrun on one or many nodes, accelerate launch); ``train.fsdp``
+shards the model over the processes and ``train.grad_checkpointing`` recomputes block activations
+(``training.sharding``); the effective batch size and learning rate are printed at the start.
+Checkpoint writing and loading live in ``training.trainer_checkpoints``.
 """
 
 from __future__ import annotations
@@ -39,31 +44,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 
-from latentdiff.io.checkpoint import save_checkpoint
 from latentdiff.io.images import save_grid
 from latentdiff.progress import TrainBar
 from latentdiff.training import lock as locking
-from latentdiff.training.batches import BatchStream
-from latentdiff.training.divergence import DivergenceError, nonfinite_parameters, nonfinite_state, total_grad_norm
+from latentdiff.training.batches import make_batch_stream
+from latentdiff.training.divergence import DivergenceError, nonfinite_parameters, total_grad_norm
 from latentdiff.training.ema import EMA
 from latentdiff.training.metrics import Window, append_record, truncate_after
 from latentdiff.training.optim import build_optimizer, warmup_schedule
-from latentdiff.training.plots import plot_loss
-from latentdiff.training.resume import apply_train_settings
+from latentdiff.training.sharding import (as_float, broadcast_from_rank0, build_accelerator, describe_scale,
+                                          enable_grad_checkpointing, gather_into, local_parameters,
+                                          shard_for_training)
 from latentdiff.training.start import load_init_weights, resume_state
 from latentdiff.training.signals import TrainingStopped, install_stop_handlers, restore_handlers
-from latentdiff.training.state import Snapshot, cpu_copy, gather_rng_states, restore_rng_states
-from latentdiff.training.train_config import TrainConfig, resolve_mixed_precision
+from latentdiff.training.state import Snapshot
+from latentdiff.training.train_config import TrainConfig
+from latentdiff.training.trainer_checkpoints import TrainerCheckpoints
 
 LossFn = Callable[[nn.Module, dict, torch.Generator], "tuple[torch.Tensor, dict[str, float]]"]
 SampleFn = Callable[[nn.Module, int], torch.Tensor]
 
 
-class Trainer:
+class Trainer(TrainerCheckpoints):
     """Train ``model`` with ``loss_fn`` on ``dataset``.
 
     Args:
@@ -102,12 +107,8 @@ class Trainer:
         self.run_config = json.loads(json.dumps(run_config))
         self.ckpt_dir = self.out_dir / "checkpoint"
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.accelerator = acc = Accelerator(
-            cpu=cpu,
-            mixed_precision=resolve_mixed_precision(cfg.mixed_precision, not cpu and torch.cuda.is_available()),
-            gradient_accumulation_steps=cfg.grad_accum,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)],
-        )
+        self.accelerator = acc = build_accelerator(cfg, cpu, unused_parameters)
+        acc.print(describe_scale(acc, cfg))
         self.rank, self.world_size = acc.process_index, acc.num_processes
         self.step, self.elapsed_before_s, self.skipped = 0, 0.0, 0
         self._snapshot_step = self._sampled_step = -1
@@ -116,8 +117,8 @@ class Trainer:
         self.last_loss: float | None = None  # mean loss of the latest metrics window
         self._t_start = time.time()
         self.generator = torch.Generator().manual_seed(cfg.seed * 65537 + self.rank)
-        self.data = BatchStream(dataset, cfg.batch_size, cfg.seed, self.rank, self.world_size, cfg.num_workers,
-                                acc.device)
+        self.data = make_batch_stream(dataset, cfg.batch_size, cfg.seed, self.rank, self.world_size,
+                                      cfg.num_workers, acc.device)
 
         # Load weights into the plain module before wrapping it, and copy the EMA
         # from it before accelerate patches its forward for mixed precision.
@@ -127,15 +128,23 @@ class Trainer:
             model.load_state_dict(state.model_state)
         elif cfg.init_from:
             load_init_weights(model, cfg.init_from)
+        if cfg.grad_checkpointing:
+            enable_grad_checkpointing(model, acc.print)
+        if cfg.fsdp:
+            broadcast_from_rank0(model, acc.device)  # as DDP's wrapping does; FSDP keeps each rank's own slice
         self.ema = EMA(model, cfg.ema_decay)
         if state is not None and state.ema_state is not None:
             self.ema.load_state_dict(state.ema_state)
+        self._plain_ema = shard_for_training(model, self.ema, acc, cfg) if cfg.fsdp else None
         optimizer = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, (0.9, 0.999))
         # The scheduler is stepped by hand once per optimizer step (accelerate's
         # wrapper would step it once per process).
         self.scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        if state is None or state.ema_state is None:
+        if cfg.fsdp:  # sharded already: accelerate would wrap it for DDP
+            self.model, self.optimizer = model, acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
+        if (state is None or state.ema_state is None) and not cfg.fsdp:
             # Wrapping for DDP has just given every rank rank 0's initial weights; the EMA,
             # copied before that from this rank's own initialisation, starts from them too.
             self.ema.load_state_dict(acc.unwrap_model(self.model).state_dict())
@@ -223,7 +232,7 @@ class Trainer:
         logs = {k: v / cfg.grad_accum for k, v in logs_sum.items()}
         if not any_bad:
             params = list(self.model.parameters())
-            logs["grad_norm"] = (float(acc.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0
+            logs["grad_norm"] = (as_float(acc.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0
                                  else total_grad_norm(params))
             # fp16's loss scaler expects inf gradients now and then and skips those steps itself.
             if not math.isfinite(logs["grad_norm"]) and acc.scaler is None:
@@ -237,10 +246,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(acc.unwrap_model(self.model), self.step)  # 0-based index of this step
         self.step += 1
-        broken = nonfinite_parameters(acc.unwrap_model(self.model))
+        self._check_parameters()
+        return loss_sum / cfg.grad_accum, logs, stop
+
+    def _check_parameters(self) -> None:
+        """DivergenceError when an updated parameter holds inf or NaN (under FSDP: in any rank's shard)."""
+        if not self.cfg.fsdp:
+            broken = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        else:
+            mine = [name for name, p in local_parameters(self.model).items() if not torch.isfinite(p).all()]
+            broken = (mine[:3] or ["a shard held by another process"]) if self._agree(bool(mine), False)[0] else []
         if broken:
             raise self._diverged(self.step, f"parameters after the update ({', '.join(broken)})")
-        return loss_sum / cfg.grad_accum, logs, stop
 
     def _nonfinite_step(self, quantities: list[str], stop: bool) -> tuple[float, dict[str, float], bool]:
         """``on_nonfinite``: stop with one line, or drop this update and count it."""
@@ -282,6 +299,8 @@ class Trainer:
             self._commit_pending()
         if self._sampled_step != self.step:
             self._sample()
+        if self._plain_ema is not None:  # callers read trainer.ema.model: the full weights, unsharded
+            self.ema.model = gather_into(self._plain_ema, self.ema.model)
 
     @torch.no_grad()
     def _probe_is_finite(self) -> bool:
@@ -315,6 +334,8 @@ class Trainer:
         record = window.record(self.step, loss, self.scheduler.get_last_lr()[0], self.elapsed_s() / 60)
         if self.skipped:
             record["skipped_steps"] = self.skipped
+        if getattr(self.data, "corrupt", 0):  # a shard stream's skipped corrupt items (this process)
+            record["corrupt_members"] = self.data.corrupt
         if acc.is_main_process:
             append_record(self.metrics_path, record)
         window.reset()
@@ -326,84 +347,15 @@ class Trainer:
         """Main process: sample from the EMA model and save a grid. The torch RNG
         is forked so that sampling never changes the training randomness."""
         acc = self.accelerator
+        ema_model = self.ema.model
+        if self.sample_fn is not None and self._plain_ema is not None:  # all ranks gather the EMA shards
+            ema_model = gather_into(self._plain_ema, self.ema.model)
         if self.sample_fn is not None and acc.is_main_process:
             devices = [acc.device] if acc.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices), torch.no_grad():
-                images = self.sample_fn(self.ema.model, self.step)
+                images = self.sample_fn(ema_model, self.step)
             title = getattr(self.sample_fn, "caption", "EMA samples")
             save_grid(images, self._sample_path(self.step), nrow=getattr(self.sample_fn, "nrow", None),
                       caption=f"{title}, step {self.step}")
         self._sampled_step = self.step
         acc.wait_for_everyone()
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def save(self) -> None:
-        """Snapshot a checkpoint of this step (all processes must call this together). It is written
-        to ``out_dir/checkpoint`` once its weights have given a finite loss and gradient: at the next
-        step, or at the end of the run after a probe forward pass."""
-        acc = self.accelerator
-        per_rank = gather_rng_states(acc, self.generator)
-        self._pending = None
-        ema_state = self.ema.state_dict()  # equal on every rank, so all of them stop together
-        broken = nonfinite_state(ema_state)
-        if broken:
-            raise self._diverged(self.step, f"EMA weights ({', '.join(broken)})")
-        if acc.is_main_process:
-            epoch, index = self.data.position
-            trainer_state = {
-                "step": self.step,
-                "epoch": epoch,
-                "batch_index": index,
-                "world_size": self.world_size,
-                "elapsed_s": self.elapsed_s(),
-                "max_steps": self.cfg.max_steps,
-                "skipped_steps": self.skipped,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                **per_rank,
-            }
-            if acc.scaler is not None:
-                trainer_state["grad_scaler"] = acc.scaler.state_dict()
-            model_state = acc.unwrap_model(self.model).state_dict()
-            self._pending = Snapshot(self.step, cpu_copy(model_state), cpu_copy(ema_state), cpu_copy(trainer_state))
-        else:
-            self._pending = Snapshot(self.step, {}, {}, {})  # the main process writes; others keep pace
-        self._snapshot_step = self.step
-
-    def _commit_pending(self) -> None:
-        """Write the pending snapshot as ``out_dir/checkpoint`` (atomically) and refresh loss.png."""
-        snap, self._pending = self._pending, None
-        if snap is None:
-            return
-        acc = self.accelerator
-        if acc.is_main_process:
-            save_checkpoint(self.ckpt_dir, self.run_config, snap.model_state, snap.ema_state, snap.trainer_state)
-            if self.metrics_path.exists():
-                plot_loss(self.metrics_path, self.out_dir / "loss.png")
-        self._written_step = snap.step
-        acc.wait_for_everyone()
-
-    def _load_trainer_state(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self._snapshot_step = self.step
-        self.elapsed_before_s = float(state["elapsed_s"])
-        self.skipped = int(state.get("skipped_steps", 0))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        apply_train_settings(self.optimizer, self.scheduler, self.cfg)  # changed lr etc. (resume rule)
-        if "grad_scaler" in state and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
-        if int(state["world_size"]) == self.world_size:
-            self.data.seek(int(state["epoch"]), int(state["batch_index"]))
-            restore_rng_states(self.accelerator, self.generator, state)
-        else:
-            # Another process count shards the data differently: continue at the
-            # next epoch with fresh per-rank seeds (not bitwise exact, but sound).
-            self.accelerator.print(
-                f"resuming with {self.world_size} processes (checkpoint: {state['world_size']}): "
-                "data continues at the next epoch"
-            )
-            self.data.seek(int(state["epoch"]) + 1, 0)
-            self.generator.manual_seed(self.cfg.seed * 65537 + self.rank + 7919 * self.step)
-            set_seed(self.cfg.seed + self.step, device_specific=True)
