@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade unclip recaption backbones transformers-vs-diffusers
+.PHONY: setup data browser demo test bench bench-fmnist-samplers bench-latent autoencoders text-to-image controlnet one-step performance bench-guidance clean likelihood cascade unclip recaption backbones transformers-vs-diffusers lora scale-out serve-latency
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,21 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(BIN)/.installed data
+setup: $(BIN)/.installed data browser
 
 data:
 	@if [ -z "$$LATENTDIFF_FMNIST" ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
 		echo "installing Debian package dataset-fashion-mnist"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+# Debian's chromium for the web page's browser test (Playwright drives it; its own browser download needs
+# a network we do not have); where apt fails, tests/test_serve_browser.py skips and says so
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian package chromium (for tests/test_serve_browser.py)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium \
+			|| echo "warning: chromium not installed; the browser test will be skipped"; \
 	fi
 
 demo: setup
@@ -129,6 +138,20 @@ backbones: setup
 # our DiT / MMDiT against diffusers' DiTTransformer2DModel / SD3Transformer2DModel on the same weights
 transformers-vs-diffusers: setup
 	$(BIN)/python benchmarks/transformers_vs_diffusers.py --json benchmarks/results/transformers_vs_diffusers.json
+
+# LoRA on a new concept (a cross) over the best shapes model (runs/backbones/unet-flow, trained first when
+# missing): 100 images, under 10 minutes of fine-tuning, adherence new / old, adapter size (~20 min)
+lora: setup
+	$(BIN)/python benchmarks/lora_concept.py --json benchmarks/results/lora_concept.json
+
+# shard stream vs in-memory steps/s, gradient checkpointing memory, 200k shapes at 64 px (more than the
+# process's memory limit) as shards trained under RLIMIT_AS (~20 min)
+scale-out: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scale_out.py --json benchmarks/results/scale_out.json
+
+# latentdiff serve's overhead: one 32x32 image at 20 steps through the HTTP API vs generate() (~1 min)
+serve-latency: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/serve_latency.py --json benchmarks/results/serve_latency.json
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

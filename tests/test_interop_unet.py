@@ -231,6 +231,7 @@ def test_linear_projection_is_the_conv_projection():
         assert (conv(x, context) - linear(x, context)).abs().max() < 1e-6
 
 
+@pytest.mark.slow  # ~40 s, 4.3 GiB: run by `make test` (it fits the CI budget); `-m "not slow"` skips it
 def test_sd15_unet_full_size():
     """The full Stable Diffusion 1.5 U-Net (diffusers' default UNet2DConditionModel but for its 1280-wide
     context: SD 1.5's is 768; 860M parameters), random weights: import, forward parity at a 32x32 latent,

@@ -184,6 +184,7 @@ def test_unsupported_configs_are_refused_by_name():
         vae_to_ldm(kl.replace(norm_groups=24), {})
 
 
+@pytest.mark.slow  # ~5 s, 1.2 GiB: run by `make test`; `-m "not slow"` skips it
 def test_sd_vae_full_size():
     """Stable Diffusion's VAE (83.7M parameters, random weights): import, parity at 64x64, LDM round trip."""
     ref = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,

@@ -1,4 +1,4 @@
-"""``latentdiff {train,sample,upscale,eval,demo,presets,config,samplers,bench}``: parse -> config -> one library call."""
+"""``latentdiff {train,sample,upscale,eval,demo,presets,config,samplers,bench,convert}``: parse -> config -> one library call."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def cmd_train(args) -> None:
     from latentdiff.pipelines.clip import train_clip_run
     from latentdiff.pipelines.dmd import train_dmd_run
     from latentdiff.pipelines.captioning import train_captioner_run
+    from latentdiff.pipelines.lora import train_lora_run
     from latentdiff.pipelines.unclip import train_prior_run
+    from latentdiff.presets.lora import LoRARunConfig
     from latentdiff.presets import (AutoencoderRunConfig, CaptionerRunConfig, CLIPRunConfig, ControlNetRunConfig,
                                     DMDRunConfig, PriorRunConfig)
     from latentdiff.training import run_lock
@@ -58,7 +60,8 @@ def cmd_train(args) -> None:
         cfg = train_config(args)
         train = {AutoencoderRunConfig: train_autoencoder_run, ControlNetRunConfig: train_controlnet_run,
                  DMDRunConfig: train_dmd_run, CLIPRunConfig: train_clip_run,
-                 PriorRunConfig: train_prior_run, CaptionerRunConfig: train_captioner_run}.get(type(cfg), train_run)
+                 PriorRunConfig: train_prior_run, CaptionerRunConfig: train_captioner_run,
+                 LoRARunConfig: train_lora_run}.get(type(cfg), train_run)
         summary = train(cfg, args.out)
     print(json.dumps(summary))
 
@@ -68,6 +71,16 @@ def sampling_options(args, s) -> dict:
     command line (0 and "" included, so that they are checked, not replaced), else the run's default ``s``."""
     names = ("sampler", "steps", "spacing", "guidance", "threshold", "percentile")
     return {name: getattr(s, name) if getattr(args, name) is None else getattr(args, name) for name in names}
+
+
+def png_parameters(args, options: dict, images, **fields) -> dict:
+    """The request that made ``images`` (N, C, H, W), for the PNG's metadata (io.png_meta): the sampling
+    ``options`` as used, the seed, one image's size, the model (the run folder's name for RUN/checkpoint)
+    and ``fields`` (prompt, class_label, ...); None values are left out of the ``parameters`` text."""
+    ckpt = Path(args.ckpt).resolve()
+    model = ckpt.parent.name if ckpt.name == "checkpoint" else ckpt.name
+    return {"negative_prompt": args.negative_prompt or None, **options, "seed": args.seed,
+            "size": f"{images.shape[-1]}x{images.shape[-2]}", "model": model, "n": len(images), **fields}
 
 
 def cmd_sample(args) -> None:
@@ -82,7 +95,7 @@ def cmd_sample(args) -> None:
 
     from latentdiff.data import grid_prompts
     from latentdiff.io.images import TrajectoryStrip, save_grid, save_prompt_rows
-    from latentdiff.pipelines import Conditioning, generate, load_model, text_encoder_for
+    from latentdiff.pipelines import Conditioning, generate, text_encoder_for
     from latentdiff.pipelines.controlnet import base_of
 
     if args.prior:
@@ -93,7 +106,10 @@ def cmd_sample(args) -> None:
     base, controlnets = base_of(args.ckpt)
     if controlnets or args.controlnet or args.control:
         return sample_controlled(args, base, controlnets + list(args.controlnet or []))
-    denoiser, autoencoder, cfg = load_model(args.ckpt, use_ema=not args.no_ema)
+    from latentdiff.pipelines.lora import load_model_with_adapters
+
+    denoiser, autoencoder, cfg = load_model_with_adapters(args.ckpt, args.lora or [], use_ema=not args.no_ema,
+                                                          merge=args.merge_lora)
     s = cfg.sample
     labels = None
     if args.class_label is not None:
@@ -122,11 +138,14 @@ def cmd_sample(args) -> None:
                                    text_encoder=text_encoder_for(cfg)),
                       **sampling_options(args, s), seed=args.seed, progress=True, callback=strip,
                       autoencoder=autoencoder)
+    meta = png_parameters(args, sampling_options(args, s), images, prompt="\n".join(shown or []),
+                          prompts=shown, class_label=args.class_label, lora=args.lora or None)
     if shown is not None and len(shown) > 1:
-        save_prompt_rows(images, shown, args.out)
+        save_prompt_rows(images, shown, args.out, parameters=meta, config=cfg.to_dict())
     else:
         nrow = args.nrow or (cfg.model.num_classes if labels is not None and args.class_label is None else None)
-        save_grid(images, args.out, nrow=nrow, caption=shown[0] if shown else None)
+        save_grid(images, args.out, nrow=nrow, caption=shown[0] if shown else None, parameters=meta,
+                  config=cfg.to_dict())
     print(f"wrote {args.out} ({len(images)} images)")
     if strip is not None:
         strip.save(args.trajectory)
@@ -166,8 +185,12 @@ def sample_controlled(args, base: str | None, controlnets: list[str]) -> None:
                       **sampling_options(args, s), seed=args.seed, progress=True, autoencoder=autoencoder)
     shown = torch.cat([control_images(c[None], images.shape[1]) for c in control[0].split(1)])
     mode = "guess mode" if args.guess_mode else repr(args.prompt or "")
+    meta = png_parameters(args, sampling_options(args, s), images, prompt=args.prompt or "", control_scale=scales,
+                          controlnets=[str(c) for c in controlnets], control_start=args.control_start,
+                          control_end=args.control_end, guess_mode=args.guess_mode)
     save_grid(torch.cat([shown, images]), args.out, nrow=args.nrow,
-              caption=f"control(s) first, then samples; {mode}, scales {scales}")
+              caption=f"control(s) first, then samples; {mode}, scales {scales}", parameters=meta,
+              config=cfg.to_dict())
     print(f"wrote {args.out} ({len(images)} images after {len(shown)} control picture(s))")
 
 
@@ -235,6 +258,7 @@ def _controlnet_arg(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from latentdiff.cli.cascade import add_cascade_args, add_upscale_parser
     from latentdiff.cli.captioning import add_recaption_parser
+    from latentdiff.cli.convert import add_convert_parser
     from latentdiff.cli.evaluate import add_eval_parser
     from latentdiff.cli.unclip import add_prior_args, add_unclip_parsers
 
@@ -304,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet: last step fraction controlled, "
                    "in (0, 1]")
     _controlnet_arg(p)
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]", help="a LoRA adapter (a LoRA run's "
+                   "checkpoint) trained on CKPT, its update scaled by SCALE (default 1); repeat for several")
+    p.add_argument("--merge-lora", action="store_true", help="fold the LoRA adapters into the weights before "
+                   "sampling (one network, as fast as the base)")
     add_cascade_args(p)
     add_prior_args(p)
     _sampling_args(p)
@@ -311,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_upscale_parser(sub, _sampling_args)
     add_unclip_parsers(sub, _sampling_args)
     add_recaption_parser(sub)
+    add_convert_parser(sub)
+    from latentdiff.cli.prepare import add_prepare_parser
+    add_prepare_parser(sub)
+    from latentdiff.cli.serve import add_serve_parser
+    add_serve_parser(sub)
 
     add_eval_parser(sub, _sampling_args, _controlnet_arg)
 

@@ -71,8 +71,12 @@ def train_config(args):
     from latentdiff.data.resolve import data_overrides, resolve_data
 
     out = Path(args.out)
-    overrides = data_overrides(args.data, args.set)
-    cfg = apply_overrides(base_config(args.preset, out, overrides, args.force), overrides)
+    base = base_config(args.preset, out, list(args.set or []), args.force)
+    if args.data is not None and getattr(base, "task", None) == "lora":  # a LoRA run's folder is data.path
+        overrides = [f"data.path={args.data}", *(args.set or [])]
+    else:
+        overrides = data_overrides(args.data, args.set)
+    cfg = apply_overrides(base, overrides)
     if isinstance(cfg, (RunConfig, AutoencoderRunConfig)):
         cfg, lines = resolve_data(cfg, explicit=[item.split("=", 1)[0].strip() for item in args.set or []])
         for line in lines:

@@ -107,6 +107,18 @@ def read_captions(root: Path, paths: list[Path]) -> tuple[list[str] | None, str]
     return (captions if sources else None), " + ".join(sorted(sources))
 
 
+def require_captions(paths: list[Path], captions: list[str] | None, root: Path) -> None:
+    """ValueError naming the first image (in sorted order) without a caption (no ``<stem>.txt``, no
+    ``metadata.jsonl`` line, or an empty one), for runs that learn from every image's caption."""
+    missing = next((p for i, p in enumerate(paths) if captions is None or not captions[i].strip()), None)
+    if missing is not None:
+        n = len(paths) if captions is None else sum(not c.strip() for c in captions)
+        raise ValueError(f"{missing} has no caption ({n} of the {len(paths)} images under {root} have none): put "
+                         f"{missing.with_suffix('.txt').name} beside it, or a line {{\"file_name\": "
+                         f"\"{missing.relative_to(root)}\", \"text\": ...}} in {root / 'metadata.jsonl'}; "
+                         "or --set data.captions=none to train unconditionally")
+
+
 class ImageFolder(Dataset):
     """Images under ``root``, decoded in memory.
 

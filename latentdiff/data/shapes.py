@@ -3,6 +3,9 @@
 Each image holds one or two shapes (circle, square, triangle) in one of six saturated colours, at
 two sizes, on a plain or striped background that is always grey (R = G = B), so a colour is
 read back from a pixel exactly. Item i of a split is a pure function of (seed, split, i).
+``NEW_SHAPES`` (a cross: an upright plus sign with arms a third of its box wide) are drawn and
+parsed too but never occur in the dataset: they are the new concept a LoRA is taught
+(``concept_scenes``, ``benchmarks/lora_concept.py``).
 
 Captions, in one grammar (``caption_of`` writes it, ``parse_prompt`` reads it)::
 
@@ -27,6 +30,7 @@ import torch
 COLOURS = {"red": (220, 40, 40), "orange": (240, 140, 30), "yellow": (235, 215, 40),
            "green": (40, 180, 60), "blue": (50, 80, 230), "purple": (150, 60, 200)}
 SHAPES = ("circle", "square", "triangle")
+NEW_SHAPES = ("cross",)                        # drawn and read, never in the dataset: a concept to teach
 SIZES = {"small": 0.3, "large": 0.45}         # side / diameter as a fraction of the image side
 GRID = (0.25, 0.5, 0.75)                       # object centres as fractions of the side
 ROWS, COLS = ("top", "", "bottom"), ("left", "", "right")
@@ -74,7 +78,8 @@ def parse_prompt(prompt: str) -> tuple[list[dict], str | None]:
     words = prompt.strip().lower().split()
 
     def obj(at: int) -> dict:
-        if len(words) < at + 4 or words[at] != "a" or words[at + 1] not in SIZES or words[at + 2] not in COLOURS or words[at + 3] not in SHAPES:
+        if (len(words) < at + 4 or words[at] != "a" or words[at + 1] not in SIZES or words[at + 2] not in COLOURS
+                or words[at + 3] not in SHAPES + NEW_SHAPES):
             raise ValueError(f"not in the shapes caption grammar: {prompt!r}")
         return {"size": words[at + 1], "colour": words[at + 2], "shape": words[at + 3]}
 
@@ -108,6 +113,9 @@ def draw(objs: list[Obj], size: int, rng: np.random.Generator, textured: bool) -
             mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= h * h
         elif o.shape == "square":
             mask = (np.abs(yy - cy) <= h) & (np.abs(xx - cx) <= h)
+        elif o.shape == "cross":  # plus sign: two bars of width 2h/3 across the box
+            dy, dx = np.abs(yy - cy), np.abs(xx - cx)
+            mask = ((dy <= h) & (dx <= h / 3)) | ((dx <= h) & (dy <= h / 3))
         else:  # upward isosceles triangle in the same box
             t = (yy - (cy - h)) / (2 * h)
             mask = (t >= 0) & (t <= 1) & (np.abs(xx - cx) <= t * h)
@@ -127,12 +135,15 @@ def _pair_positions(relation: str, rng: np.random.Generator) -> tuple[tuple[int,
     return (2, other), (0, other)
 
 
-def random_scene(rng: np.random.Generator, allow_pair) -> tuple[list[Obj], str | None]:
-    """One or two objects (distinct colours) whose (colour, shape) pairs all satisfy ``allow_pair``."""
+def random_scene(rng: np.random.Generator, allow_pair, shapes: tuple[str, ...] = SHAPES,
+                 n_objects: int | None = None) -> tuple[list[Obj], str | None]:
+    """One or two objects (distinct colours; ``n_objects`` fixes how many) drawn from ``shapes``, whose
+    (colour, shape) pairs all satisfy ``allow_pair``."""
+    vocabulary = shapes
     while True:
-        n = int(rng.integers(1, 3))
+        n = int(rng.integers(1, 3)) if n_objects is None else n_objects
         colours = rng.choice(list(COLOURS), size=n, replace=False)
-        shapes = rng.choice(SHAPES, size=n)
+        shapes = rng.choice(vocabulary, size=n)
         if not all(allow_pair(c, s) for c, s in zip(colours, shapes)):
             continue
         sizes = rng.choice(list(SIZES), size=n)
@@ -192,6 +203,35 @@ class ShapesDataset:
     def __getitem__(self, i: int) -> dict:
         batch = self.get_batch(torch.tensor([i]))
         return {k: v[0] for k, v in batch.items()}
+
+
+def concept_scenes(n: int, image_size: int = 32, seed: int = 0, shape: str = "cross", two_objects: float = 0.0):
+    """n scenes showing the new shape ``shape`` (one of ``NEW_SHAPES``), drawn and captioned as the
+    dataset's: a share ``two_objects`` of them with a second object of an old shape (the new one
+    first) -> (images (n, S, S, 3) uint8, exact captions, attributes [(objs, relation)])."""
+    if shape not in NEW_SHAPES:
+        raise ValueError(f"concept shape must be one of {NEW_SHAPES}, got {shape!r}")
+    images, captions, attributes = [], [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 3, i])
+        two = rng.uniform() < two_objects
+        objs, relation = random_scene(rng, lambda c, s: True, (shape,), n_objects=1 + two)
+        if two:  # the second object is one of the old shapes
+            objs[1] = dataclasses.replace(objs[1], shape=str(rng.choice(SHAPES)))
+        images.append(draw(objs, image_size, rng, textured=bool(rng.integers(0, 2))))
+        captions.append(caption_of(objs, relation))
+        attributes.append((objs, relation))
+    return np.stack(images), captions, attributes
+
+
+def concept_prompts(n: int, seed: int = 1, shape: str = "cross") -> list[str]:
+    """n distinct one-object prompts of the new shape (``concept_scenes``' grammar), in random order."""
+    rng = np.random.default_rng([seed, 4])
+    cells = [(size, colour, row, col) for size in SIZES for colour in COLOURS for row in range(3) for col in range(3)]
+    if n > len(cells):
+        raise ValueError(f"only {len(cells)} distinct one-object {shape} prompts exist, asked for {n}")
+    pick = rng.permutation(len(cells))[:n]
+    return [caption_of([Obj(shape, cells[i][1], cells[i][0], cells[i][2], cells[i][3])]) for i in pick]
 
 
 def held_out_prompts(seed: int = 0, n: int = 60) -> list[str]:

@@ -4,8 +4,11 @@ image with exact rules, and score an image against its prompt (DESIGN.md section
 Reading an image: backgrounds are grey, so a pixel belongs to an object when its saturation
 (max - min channel) exceeds ``SATURATION``; its colour is the nearest palette colour. Per colour,
 the largest 4-connected component, its holes filled, is the object. Shape from how much of its bounding box it fills
-(square 1, circle pi/4, triangle 1/2), size from the box side, position from the box centre's
-nearest grid line, relation from the centres' larger displacement.
+(square 1, circle pi/4, triangle 1/2), except that an object whose four corner cells (a third of
+the box each way) are empty while its centre cross is full is the new shape, a cross
+(``data.shapes.NEW_SHAPES``: corners 0, where a circle fills about half of each, a triangle three
+quarters of its two lower ones and a square all of them); size from the box side, position from
+the box centre's nearest grid line, relation from the centres' larger displacement.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from latentdiff.data.shapes import COLOURS, GRID, SIZES, parse_prompt, position_name
 
 SATURATION = 60
+CROSS_CORNERS = 0.15  # a cross: mean fill of the box's four corner cells below this ...
+CROSS_ARMS = 0.6      # ... and mean fill of its five centre-cross cells above this
 _PALETTE = np.array(list(COLOURS.values()), np.float64)
 _NAMES = list(COLOURS)
 
@@ -45,14 +50,30 @@ def read_scene(image: torch.Tensor | np.ndarray) -> list[dict]:
             continue
         ys, xs = np.nonzero(scipy.ndimage.binary_fill_holes(labels == 1 + int(areas.argmax())))
         h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-        fill = len(ys) / (h * w)
+        box = np.zeros((h, w), bool)
+        box[ys - ys.min(), xs - xs.min()] = True
         side = max(h, w) / S
         cy, cx = (ys.min() + ys.max() + 1) / 2 / S, (xs.min() + xs.max() + 1) / 2 / S
         row, col = (int(np.abs(np.array(GRID) - v).argmin()) for v in (cy, cx))
-        found.append({"colour": name, "shape": "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle",
+        found.append({"colour": name, "shape": shape_of(box),
                       "size": "large" if side > (SIZES["small"] + SIZES["large"]) / 2 else "small",
                       "position": position_name(row, col), "cy": cy, "cx": cx, "area": len(ys)})
     return sorted(found, key=lambda o: -o["area"])
+
+
+def shape_of(box: np.ndarray) -> str:
+    """The shape of an object from its filled pixels inside their bounding box (h, w) bool: a cross when
+    the box's four corner cells (a third of it each way, rounded down) are empty and its middle row and
+    column bands full, else by the fill of the box."""
+    h, w = box.shape
+    a, b = h // 3, w // 3
+    if a and b:
+        corners = np.mean([box[:a, :b].mean(), box[:a, -b:].mean(), box[-a:, :b].mean(), box[-a:, -b:].mean()])
+        arms = np.mean([box[:, b:w - b].mean(), box[a:h - a, :].mean()])
+        if corners < CROSS_CORNERS and arms > CROSS_ARMS:
+            return "cross"
+    fill = box.mean()
+    return "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
 
 
 def relation_of(a: dict, b: dict) -> str:

@@ -72,10 +72,15 @@ class Checkpoint:
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """16 hex digits of the SHA-1 of a model's weights (its state dict, names sorted): equal for two
     checkpoints that compute alike; what a run records of the model it was built on."""
+    return state_fingerprint(model.state_dict())
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """``weights_fingerprint`` of a state dict (``name -> Tensor``)."""
     import hashlib
 
     h = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -4,7 +4,8 @@
 any field. The config is saved with every checkpoint, so a checkpoint rebuilds its own model.
 One module per family: ``diffusion`` (pixel, latent, text-to-image), ``autoencoders``,
 ``controlnet``, ``dmd``, ``cascade`` (base, upsamplers, the single-stage comparison), ``clip``,
-``unclip`` (priors and decoders), ``captioning``; the config classes in ``configs``.
+``unclip`` (priors and decoders), ``captioning``, ``lora`` (LoRA fine-tuning on an image folder); the config
+classes in ``configs``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from latentdiff.presets.controlnet import (fmnist_controlnet_edges, shapes_contr
 from latentdiff.presets.diffusion import (fmnist_ddpm, fmnist_ddpm_paper, fmnist_iddpm, fmnist_ldm, fmnist_t2i,
                                           shapes_t2i, shapes_t2i_pixel, tiny, tiny_ldm, tiny_t2i)
 from latentdiff.presets.dmd import fmnist_dmd, fmnist_dmd2, tiny_dmd, tiny_dmd2
+from latentdiff.presets.lora import LoRARunConfig, is_lora_config, lora
 from latentdiff.presets.transformers import fmnist_dit, shapes_t2i_dit, shapes_t2i_mmdit, tiny_dit, tiny_mmdit
 from latentdiff.presets.unclip import (PriorRunConfig, fmnist_prior, fmnist_unclip_decoder, is_prior_config,
                                        shapes_prior, shapes_unclip_decoder, tiny_prior, tiny_unclip_decoder)
@@ -72,6 +74,7 @@ PRESETS = {
     "fmnist-dit": fmnist_dit,
     "tiny-dit": tiny_dit,
     "tiny-mmdit": tiny_mmdit,
+    "lora": lora,
 }
 
 
@@ -86,7 +89,7 @@ def run_config_from_dict(config: dict) -> RunConfig | AutoencoderRunConfig | Con
     """A run's config dict (a checkpoint's or run folder's config.json) as its config class, by its ``task``."""
     kinds = ((is_autoencoder_config, AutoencoderRunConfig), (is_controlnet_config, ControlNetRunConfig),
              (is_dmd_config, DMDRunConfig), (is_clip_config, CLIPRunConfig), (is_prior_config, PriorRunConfig),
-             (is_captioner_config, CaptionerRunConfig))
+             (is_captioner_config, CaptionerRunConfig), (is_lora_config, LoRARunConfig))
     cls = next((cls for test, cls in kinds if test(config)), RunConfig)
     return cls.from_dict(config)
 
@@ -95,7 +98,8 @@ def describe_presets() -> list[tuple[str, str]]:
     return [(name, make().description) for name, make in PRESETS.items()]
 
 
-__all__ = ["AutoencoderRunConfig", "CLIPRunConfig", "CaptionerRunConfig", "ControlNetRunConfig", "DMDRunConfig", "PRESETS", "PairsConfig",
+__all__ = ["AutoencoderRunConfig", "CLIPRunConfig", "CaptionerRunConfig", "ControlNetRunConfig", "DMDRunConfig",
+           "LoRARunConfig", "PRESETS", "PairsConfig",
            "PriorRunConfig", "RunConfig", "SampleConfig", "check_sampling", "describe_presets", "get_preset",
-           "is_autoencoder_config", "is_captioner_config", "is_clip_config", "is_controlnet_config", "is_dmd_config", "is_prior_config",
+           "is_autoencoder_config", "is_captioner_config", "is_clip_config", "is_controlnet_config", "is_dmd_config", "is_lora_config", "is_prior_config",
            "is_superres_config", "run_config_from_dict"]
