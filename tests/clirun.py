@@ -19,3 +19,12 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
             code, message = 1, f"{exit_.code}\n"
     out, err = capsys.readouterr()
     return code, out, err + message
+
+
+def train_tiny_t2i_and_controlnet(root, base: str = "base", controlnet: str = "cn"):
+    """A tiny text-to-image run ``root/base`` and a tiny ControlNet ``root/cn`` over it (each a few
+    steps of its tiny preset) -> root."""
+    main(["train", "--preset", "tiny-t2i", "--out", str(root / base)])
+    main(["train", "--preset", "tiny-controlnet", "--out", str(root / controlnet),
+          "--set", f"base={root / base / 'checkpoint'}"])
+    return root

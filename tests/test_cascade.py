@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from clirun import run_cli
+from latentdiff.io.png_meta import parse_parameters, read_png_parameters
 from latentdiff.cli.main import main
 from latentdiff.data import DataConfig, build_dataset
 from latentdiff.nn.superres import resample
@@ -146,6 +147,8 @@ def test_the_cascade_samples_through_the_cli(tiny_cascade, tmp_path, capsys):
     assert code == 0, err
     assert "64 px" in stdout and (tmp_path / "stages_stage0_32px.png").exists()
     assert (tmp_path / "stages_stage1_64px.png").exists() and out.exists()
+    fields = parse_parameters(read_png_parameters(out.read_bytes())[0])  # the PNG says what made it
+    assert (fields["prompt"], fields["seed"], fields["size"]) == ("a small red circle in the center", 0, "64x64")
     # a stage whose input size is not the base's output: refused, naming both sizes
     code, _, err = run_cli(capsys, ["sample", sr, "--upscaler", sr, "--n", "1", "--out", str(tmp_path / "x.png")])
     assert code == 1 and "upscales 32x32" in err and "gives 64x64" in err

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from latentdiff.cli.main import main
+from clirun import train_tiny_t2i_and_controlnet
 from latentdiff.data.control import ControlConfig, control_maps
 from latentdiff.data.shapes import Obj, draw
 from latentdiff.eval.control import edge_f1, mask_iou
@@ -171,11 +172,7 @@ def test_bad_control_input_is_resized_converted_or_refused(capsys, unet):
 
 @pytest.fixture(scope="module")
 def controlnet_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("controlnet")
-    main(["train", "--preset", "tiny-t2i", "--out", str(root / "base")])
-    main(["train", "--preset", "tiny-controlnet", "--out", str(root / "cn"),
-          "--set", f"base={root / 'base' / 'checkpoint'}"])
-    return root
+    return train_tiny_t2i_and_controlnet(tmp_path_factory.mktemp("controlnet"))
 
 
 def test_the_controlnet_run_trains_saves_and_loads(controlnet_run):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from latentdiff.cli.main import main
+from clirun import train_tiny_t2i_and_controlnet
 from latentdiff.io.png_meta import parameters_text, parse_parameters, png_bytes, read_png_parameters
 
 try:
@@ -62,11 +62,7 @@ def browser():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A folder of runs: a tiny text-to-image model (``t2i``) and a tiny ControlNet over it (``cn``)."""
-    root = tmp_path_factory.mktemp("serve_runs")
-    main(["train", "--preset", "tiny-t2i", "--out", str(root / "t2i")])
-    main(["train", "--preset", "tiny-controlnet", "--out", str(root / "cn"),
-          "--set", f"base={root / 't2i' / 'checkpoint'}"])
-    return root
+    return train_tiny_t2i_and_controlnet(tmp_path_factory.mktemp("serve_runs"), base="t2i")
 
 
 def _free_port() -> int:

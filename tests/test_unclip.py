@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from clirun import run_cli
 from latentdiff.cli.main import main
 from latentdiff.io.images import save_image
+from latentdiff.io.png_meta import parse_parameters, read_png_parameters
 from latentdiff.nn.prior import PriorConfig, PriorTransformer, causal_mask
 from latentdiff.nn.unet import UNet
 from latentdiff.objectives.diffusion import DiffusionConfig
@@ -176,6 +177,8 @@ def test_unclip_samples_varies_and_interpolates_through_the_cli(tiny_unclip, tmp
                                          "center", "--n", "2", "--steps", "2", "--prior-steps", "2", "--out", str(out)])
     assert code == 0, err
     assert out.exists() and "2 images" in stdout
+    fields = parse_parameters(read_png_parameters(out.read_bytes())[0])  # the PNG says what made it
+    assert (fields["prompt"], fields["steps"]) == ("a small red circle in the center", 2)
     out = tmp_path / "vary.png"
     code, stdout, err = run_cli(capsys, ["vary", decoder, str(root / "a.png"), str(root / "b_grey.png"), "--n", "3",
                                          "--steps", "2", "--out", str(out)])

@@ -74,11 +74,16 @@ def sample_cascade(args, denoiser, autoencoder, cfg, labels, prompts, shown, sam
     paths = [(args.out, outputs[-1])]
     if args.stages_out:
         paths += [(f"{args.stages_out}_stage{k}_{images.shape[-1]}px.png", images) for k, images in enumerate(outputs)]
+    from latentdiff.cli.main import png_parameters
+
     for path, images in paths:
+        meta = png_parameters(args, sampling, images, prompt="\n".join(shown or []), prompts=shown,
+                              upscalers=list(args.upscaler), stages=options)
         if shown is not None and len(shown) > 1:
-            save_prompt_rows(images, shown, path)
+            save_prompt_rows(images, shown, path, parameters=meta, config=cfg.to_dict())
         else:
-            save_grid(images, path, nrow=args.nrow, caption=shown[0] if shown else None)
+            save_grid(images, path, nrow=args.nrow, caption=shown[0] if shown else None, parameters=meta,
+                      config=cfg.to_dict())
         print(f"wrote {path} ({len(images)} images, {images.shape[-1]} px)")
 
 

@@ -1,4 +1,5 @@
-"""``latentdiff {train,sample,upscale,eval,demo,presets,config,samplers,bench,convert}``: parse -> config -> one library call."""
+"""``latentdiff {train,sample,upscale,eval,demo,presets,config,samplers,bench,convert,serve,prepare}``:
+parse -> config -> one library call."""
 
 from __future__ import annotations
 

@@ -38,10 +38,14 @@ def sample_unclip(args, sampling: dict) -> None:
     prior_sampling = dict(steps=args.prior_steps, guidance=args.prior_guidance, candidates=args.candidates)
     images, _ = text_to_image(decoder, args.prior, prompts, seed=args.seed, captions=not args.no_captions,
                               progress=True, prior_sampling=prior_sampling, **sampling)
+    from latentdiff.cli.main import png_parameters
+
+    meta = png_parameters(args, sampling, images, prompt="\n".join(shown), prompts=shown, prior=args.prior,
+                          prior_sampling=prior_sampling)
     if len(shown) > 1:
-        save_prompt_rows(images, shown, args.out)
+        save_prompt_rows(images, shown, args.out, parameters=meta, config=decoder.cfg.to_dict())
     else:
-        save_grid(images, args.out, nrow=args.nrow, caption=shown[0])
+        save_grid(images, args.out, nrow=args.nrow, caption=shown[0], parameters=meta, config=decoder.cfg.to_dict())
     print(f"wrote {args.out} ({len(images)} images)")
 
 

@@ -63,16 +63,9 @@ def sha256_of(path: str | Path) -> str:
 def autoencoder_hash(ckpt: str | Path) -> str:
     """The sha1 (16 hex digits) of an autoencoder checkpoint's config and weights files: the key of the
     latents that autoencoder gives (as ``pipelines.autoencoder``'s latent cache keys them)."""
-    from latentdiff.io.checkpoint import CONFIG_FILE, EMA_FILE, MODEL_FILE, resolve_checkpoint
+    from latentdiff.io.checkpoint import files_digest
 
-    found = resolve_checkpoint(ckpt)
-    if found is None:
-        raise FileNotFoundError(f"autoencoder checkpoint {ckpt} does not exist")
-    h = hashlib.sha1()
-    for name in (CONFIG_FILE, EMA_FILE, MODEL_FILE):
-        if (found / name).is_file():
-            h.update((found / name).read_bytes())
-    return h.hexdigest()[:16]
+    return files_digest(ckpt).hexdigest()[:16]
 
 
 def png_bytes(image: torch.Tensor) -> bytes:

@@ -86,6 +86,22 @@ def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def files_digest(path: str | os.PathLike):
+    """A SHA-1 hash object fed with the checkpoint's config, EMA and model files (in that order): the
+    key of what the model computes, without loading it (the latent cache and shards key latents by it).
+    FileNotFoundError when there is no checkpoint at ``path``."""
+    import hashlib
+
+    found = resolve_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    h = hashlib.sha1()
+    for name in (CONFIG_FILE, EMA_FILE, MODEL_FILE):
+        if (found / name).is_file():
+            h.update((found / name).read_bytes())
+    return h
+
+
 def _old_path(path: Path) -> Path:
     return path.with_name(path.name + ".old")
 

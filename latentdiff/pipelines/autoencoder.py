@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -15,8 +14,7 @@ from latentdiff.data import DataConfig, build_dataset, require_test_split, shape
 from latentdiff.data.resolve import resolve_data
 from latentdiff.data.latent_cache import META_FILE, LatentDataset, write_latent_cache
 from latentdiff.eval.fd import cache_dir, fd_with_floor, random_subset
-from latentdiff.io.checkpoint import (CONFIG_FILE, EMA_FILE, MODEL_FILE, load_checkpoint, resolve_checkpoint,
-                                      save_checkpoint)
+from latentdiff.io.checkpoint import files_digest, load_checkpoint, save_checkpoint
 from latentdiff.presets import AutoencoderRunConfig, RunConfig, is_autoencoder_config
 from latentdiff.training.start import seeded_run
 from latentdiff.training.trainer import Trainer
@@ -146,13 +144,7 @@ def evaluate_autoencoder(ae: LatentAutoencoder, data: DataConfig, n_fd: int = 20
 
 def _cache_key(ckpt: str | Path, data: DataConfig, split: str) -> str:
     """Changes whenever the autoencoder's weights or config, the data config or the split change."""
-    found = resolve_checkpoint(ckpt)
-    if found is None:
-        raise FileNotFoundError(f"autoencoder checkpoint {ckpt} does not exist")
-    h = hashlib.sha1()
-    for name in (CONFIG_FILE, EMA_FILE, MODEL_FILE):
-        if (found / name).is_file():
-            h.update((found / name).read_bytes())
+    h = files_digest(ckpt)
     h.update(data.to_json().encode() + split.encode() + str(shapes.VERSION if data.name == "shapes" else "").encode())
     return h.hexdigest()[:16]
 
