@@ -49,7 +49,8 @@ def cmd_convert(args) -> None:
         print(f"note: {note}")
     print(f"wrote {dst} ({to})")
     if to == "latentdiff":
-        print(f"sample it with: latentdiff sample {dst} --prompt \"...\"  (or without --prompt for an unconditional model)")
+        print(f"sample it with: latentdiff sample {dst} --prompt \"...\"  "
+              "(or without --prompt for an unconditional model)")
 
 
 def add_convert_parser(sub) -> None:

@@ -36,7 +36,8 @@ AE_PREFIX = "autoencoder."  # the autoencoder's weights inside an autoencoder ch
 def write_autoencoder(dst: Path, ae_cfg, state: dict, half: bool = False) -> Path:
     """An autoencoder checkpoint (task autoencoder) holding ``state`` under its config ``ae_cfg``."""
     cfg = AutoencoderRunConfig(description="imported", autoencoder=ae_cfg,
-                               data=DataConfig(name="folder", image_size=ae_cfg.image_size, channels=ae_cfg.in_channels))
+                               data=DataConfig(name="folder", image_size=ae_cfg.image_size,
+                                               channels=ae_cfg.in_channels))
     return save_checkpoint(dst, cfg.to_dict(), cast({AE_PREFIX + k: v for k, v in state.items()}, half))
 
 
@@ -224,7 +225,8 @@ def _split_text_encoder(folder: Path, dst: Path, half: bool) -> str:
     (dst / "text_encoder").mkdir(parents=True, exist_ok=True)
     (dst / "tokenizer").mkdir(parents=True, exist_ok=True)
     shutil.copy2(folder / "config.json", dst / "text_encoder" / "config.json")
-    save_file(cast(load_file(str(folder / TRANSFORMERS_WEIGHTS)), half), str(dst / "text_encoder" / TRANSFORMERS_WEIGHTS),
+    weights = cast(load_file(str(folder / TRANSFORMERS_WEIGHTS)), half)
+    save_file(weights, str(dst / "text_encoder" / TRANSFORMERS_WEIGHTS),
               metadata={"format": "pt"})
     for file in folder.iterdir():
         if file.is_file() and file.name not in ("config.json", TRANSFORMERS_WEIGHTS):

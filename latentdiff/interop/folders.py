@@ -85,7 +85,8 @@ def pipeline_parts(folder: str | os.PathLike) -> tuple[str, dict[str, Path]]:
 
 
 def write_model_index(folder: Path, class_name: str, parts: dict[str, tuple[str, str]]) -> None:
-    """``model_index.json`` of a pipeline: {part: [library, class]}, plus the empty safety parts SD's pipeline asks for."""
+    """``model_index.json`` of a pipeline: {part: [library, class]}, plus the empty safety parts that SD's
+    pipeline asks for."""
     index = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION,
              **{k: list(v) for k, v in parts.items()}}
     if class_name == "StableDiffusionPipeline":
