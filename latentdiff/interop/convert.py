@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from latentdiff.conditioning.text import TextConfig
@@ -49,11 +50,17 @@ def copy_text_encoder(model_dir: Path, tokenizer_dir: Path, dst: Path, half: boo
     if not weights.is_file():
         raise FileNotFoundError(f"{model_dir} has no {TRANSFORMERS_WEIGHTS} (latentdiff reads safetensors only)")
     shutil.copy2(model_dir / "config.json", dst / "config.json")
-    save_file(cast(load_file(str(weights)), half), str(dst / TRANSFORMERS_WEIGHTS), metadata={"format": "pt"})
+    return _text_folder(dst, load_file(str(weights)), tokenizer_dir, half)
+
+
+def _text_folder(dst: Path, weights: dict, tokenizer_dir: Path, half: bool) -> TextConfig:
+    """Write the text model's ``weights`` and copy the tokenizer's files into ``dst`` (whose config.json
+    is already there) -> the TextConfig of Stable Diffusion's conditioning on it."""
+    save_file(cast(weights, half), str(dst / TRANSFORMERS_WEIGHTS), metadata={"format": "pt"})
     for file in tokenizer_dir.iterdir():
-        if file.is_file():
+        if file.is_file() and file.name not in ("config.json", TRANSFORMERS_WEIGHTS):
             shutil.copy2(file, dst / file.name)
-    max_length = int(read_json(tokenizer_dir / "tokenizer_config.json").get("model_max_length", 77))
+    max_length = int(read_json(dst / "tokenizer_config.json").get("model_max_length", 77))
     return TextConfig(encoder=TEXT_DIR, max_length=min(max_length, 77), attend_padding=True)
 
 
@@ -306,16 +313,12 @@ def _single_file_text(part: dict, folder: Path | None, dst: Path, half: bool, fi
     model_dir = folder / "text_encoder" if (folder / "text_encoder").is_dir() else folder
     tokenizer_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
     text_config = CLIPTextConfig.from_pretrained(model_dir, local_files_only=True)
-    expected = set(CLIPTextModel(text_config).state_dict())
+    with torch.device("meta"):  # the key names only: no 123M-parameter model built to list them
+        expected = set(CLIPTextModel(text_config).state_dict())
     weights = text_state(part, expected) if part else load_file(str(model_dir / TRANSFORMERS_WEIGHTS))
     dst.mkdir(parents=True, exist_ok=True)
     text_config.save_pretrained(dst)
-    save_file(cast(weights, half), str(dst / TRANSFORMERS_WEIGHTS), metadata={"format": "pt"})
-    for f in tokenizer_dir.iterdir():
-        if f.is_file() and f.name not in ("config.json", TRANSFORMERS_WEIGHTS):
-            shutil.copy2(f, dst / f.name)
-    max_length = int(read_json(dst / "tokenizer_config.json").get("model_max_length", 77))
-    return TextConfig(encoder=TEXT_DIR, max_length=min(max_length, 77), attend_padding=True)
+    return _text_folder(dst, weights, tokenizer_dir, half)
 
 
 def export_single_file(ckpt: str | os.PathLike, file: str | os.PathLike, half: bool = False,
