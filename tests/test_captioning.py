@@ -78,6 +78,48 @@ def test_only_the_labelled_share_reaches_the_captioner():
     assert outside and not outside & seen
 
 
+def test_mirrored_items_are_the_flipped_images_with_the_flipped_scenes_captions():
+    import numpy as np
+
+    from latentdiff.data.shapes import Obj, caption_of, draw, mirrored
+
+    objs, relation = [Obj("triangle", "red", "large", 1, 0), Obj("circle", "blue", "small", 1, 2)], "left of"
+    flipped, swapped = mirrored(objs, relation)
+    assert caption_of(flipped, swapped) == "a large red triangle right of a small blue circle"
+    plain = draw(objs, 32, np.random.default_rng(3), textured=False)
+    assert np.array_equal(plain[:, ::-1], draw(flipped, 32, np.random.default_rng(3), textured=False))
+    base = build_dataset(DataConfig(name="shapes", image_size=16, channels=3, n=200), "train")
+    index = labelled_indices(len(base), 0.05, seed=0)
+    words = build_vocab([c for s in ("short", "descriptive") for c in style_captions(base, index, s)])
+    share = LabelledShare(base, index, CFG.replace(vocab=words, max_length=16), mirror=True)
+    assert len(share) == 20 and share.captions == [base.captions[i] for i in index.tolist()]
+    batch = share.get_batch(torch.arange(10, 20))
+    assert torch.equal(batch["x"], base.get_batch(index)["x"].flip(-1))
+    want = [caption_of(*mirrored(*base.attributes[i])) for i in index.tolist()]
+    assert decode_ids(CFG.replace(vocab=words, max_length=16), batch["tokens"][:, 1, 1:]) == want
+
+
+def test_input_noise_swaps_words_for_same_position_words_of_the_batch_at_rate_q():
+    from latentdiff.captioning.text import noisy_inputs
+
+    g = torch.Generator().manual_seed(0)
+    captions = torch.randint(5, 40, (400, 2, 12), generator=g)
+    captions[:, :, 0] = torch.tensor([2, 3])       # style tokens
+    captions[:, :, 9], captions[:, :, 10:] = 1, 0    # <eos>, then <pad>
+    inputs = noisy_inputs(captions, 0.3, torch.Generator().manual_seed(1))
+    assert inputs.shape == (400, 2, 11) and torch.equal(noisy_inputs(captions, 0.0, g), captions[:, :, :-1])
+    kept = captions[:, :, :-1]
+    assert torch.equal(inputs[:, :, 0], kept[:, :, 0]) and torch.equal(inputs[:, :, 9:], kept[:, :, 9:])
+    for k in range(2):
+        for t in range(1, 9):
+            assert set(inputs[:, k, t].tolist()) <= set(kept[:, k, t].tolist())  # same style, same position
+    changed = float((inputs != kept)[:, :, 1:9].float().mean())
+    expect = 0.3 * (1 - 1 / 35)  # a swap for an equal word changes nothing
+    assert abs(changed - expect) < 4 * math.sqrt(expect * (1 - expect) / (400 * 2 * 8))
+    again = noisy_inputs(captions, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(inputs, again)
+
+
 def test_a_caption_outside_the_grammar_fails_every_attribute():
     test = build_dataset(DataConfig(name="shapes", image_size=32, channels=3, n=4), "test")
     image = test.get_batch(torch.tensor([0]))["x"][0]

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from latentdiff.captioning.model import STYLES, CaptionerConfig
+from latentdiff.captioning.model import CaptionerConfig
 from latentdiff.captioning.text import encode_captions
-from latentdiff.data.shapes import short_caption_of
+from latentdiff.data.shapes import canonical, caption_of, mirrored, short_caption_of
+
+CAPTION_STYLES = ("short", "descriptive")  # the styles a captioner writes from the labelled share
 
 
 def labelled_indices(n: int, share: float, seed: int) -> torch.Tensor:
@@ -20,34 +22,48 @@ def labelled_indices(n: int, share: float, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
 
 
-def style_captions(dataset, index: torch.Tensor, style: str) -> list[str]:
+def style_captions(dataset, index: torch.Tensor, style: str, mirror: bool = False,
+                   canonical_order: bool = False) -> list[str]:
     """The ``style`` captions of dataset items ``index``: descriptive = the exact caption, short = the
-    main subject (``data.shapes.short_caption_of``)."""
+    main subject (``data.shapes.short_caption_of``); ``mirror``: of the scenes flipped left to right;
+    ``canonical_order``: two objects stated left / upper one first (``data.shapes.canonical``)."""
+    scenes = [dataset.attributes[i] for i in index.tolist()]
+    if mirror:
+        scenes = [mirrored(*scene) for scene in scenes]
+    if canonical_order:
+        scenes = [canonical(*scene) for scene in scenes]
     if style == "descriptive":
-        return [dataset.captions[i] for i in index.tolist()]
-    return [short_caption_of(dataset.attributes[i][0]) for i in index.tolist()]
+        return [caption_of(*scene) for scene in scenes]
+    return [short_caption_of(scene[0]) for scene in scenes]
 
 
 class LabelledShare:
     """The labelled share of a captioned dataset as the captioner's training data.
 
-    Only the items in ``indices`` exist here (``len`` is their count; ``captions`` are theirs):
-    ``get_batch(index (B,))`` -> {"x" (B, C, S, S) of items indices[index], "tokens" (B, K, T): their
-    captions in each of the K styles, as ids}; with ``images`` False (a prompt upsampler's data) "x"
-    is the short captions' ids (B, T) instead.
+    Item j < len(indices) is labelled item indices[j] with its captions in the ``CAPTION_STYLES``;
+    with ``mirror``, item len(indices) + j is the same image flipped left to right with the captions
+    of the flipped scene. ``captions`` are the exact captions of the labelled items alone.
+    ``get_batch(index (B,))`` -> {"x" (B, C, S, S), "tokens" (B, K, T): the items' captions in each
+    of the K styles, as ids}; with ``images`` False (a prompt upsampler's data) "x" is the short
+    captions' ids (B, T) instead. ``canonical_order``: see ``style_captions``.
     """
 
-    def __init__(self, base, indices: torch.Tensor, cfg: CaptionerConfig, images: bool = True):
-        self.base, self.indices, self.images = base, indices, images
+    def __init__(self, base, indices: torch.Tensor, cfg: CaptionerConfig, images: bool = True,
+                 mirror: bool = False, canonical_order: bool = False):
+        self.base, self.indices, self.images, self.mirror = base, indices, images, mirror
         self.captions = [base.captions[i] for i in indices.tolist()]
-        self.tokens = torch.stack([encode_captions(cfg, style_captions(base, indices, s), s) for s in STYLES], 1)
+        views = (False, True) if mirror else (False,)
+        self.tokens = torch.cat([torch.stack([encode_captions(cfg, style_captions(base, indices, s, flip, canonical_order), s)
+                                              for s in CAPTION_STYLES], 1) for flip in views])
         self.num_classes = 0
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.tokens)
 
     def get_batch(self, index: torch.Tensor) -> dict:
         index = torch.as_tensor(index, dtype=torch.long)
         if not self.images:
-            return {"x": self.tokens[index, STYLES.index("short")], "tokens": self.tokens[index]}
-        return {"x": self.base.get_batch(self.indices[index])["x"], "tokens": self.tokens[index]}
+            return {"x": self.tokens[index, CAPTION_STYLES.index("short")], "tokens": self.tokens[index]}
+        flip = index >= len(self.indices)
+        x = self.base.get_batch(self.indices[index % len(self.indices)])["x"]
+        return {"x": torch.where(flip[:, None, None, None], x.flip(-1), x), "tokens": self.tokens[index]}

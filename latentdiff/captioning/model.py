@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from latentdiff.clip.model import CLIPConfig, ImageTower
@@ -44,9 +45,13 @@ class CaptionerConfig(Config):
     layers: int = 3               # decoder layers
     heads: int = 4                # decoder attention heads
     max_length: int = 16          # longest sequence: style token + words + <eos>
+    concepts: bool = False        # word detectors on the pooled image features, read by the decoder as a token
+    concept_prior: float = 0.0    # beta: beta * log sigmoid(detector logit) added to every word's logit
     vocab: tuple[str, ...] = ()   # the words (no special tokens), filled in at training time
 
     def __post_init__(self):
+        if self.concept_prior and not self.concepts:
+            raise ValueError("captioner.concept_prior needs captioner.concepts (the word detectors)")
         if self.dim % self.heads:
             raise ValueError(f"captioner.heads={self.heads} must divide captioner.dim={self.dim}")
         if self.max_length < 3:
@@ -108,10 +113,39 @@ class Captioner(TextDecoder):
         self.image_tower = ImageTower(tower)
         self.image_proj = nn.Linear(tower.width * tower.stage_mult[-1], cfg.dim)
         self.image_pos = nn.Parameter(torch.randn(tower.feature_size ** 2, cfg.dim) * 0.02)
+        if cfg.concepts:
+            self.concept_head = nn.Linear(tower.width * tower.stage_mult[-1], len(cfg.tokens))
+            self.concept_proj = nn.Linear(len(cfg.tokens), cfg.dim)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, S, S) in [-1, 1] -> image tokens (B, s*s, dim)."""
-        return self.image_proj(self.image_tower.features(images)) + self.image_pos
+    def encode(self, images: torch.Tensor):
+        """Images (B, C, S, S) in [-1, 1] -> image tokens (B, s*s (+1 with concepts), dim), or with
+        ``cfg.concept_prior`` (tokens, detector logits (B, V)) for ``decode``."""
+        return self.encode_with_concepts(images)[0]
+
+    def decode(self, context, tokens: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's logits, plus beta log sigmoid(detector logits) on the words when ``context`` is
+        (tokens, detector logits): the detectors, linear on pooled features, are a word prior that a
+        colour never seen with a shape does not bend (shallow fusion, as Fang et al. 2015 rescored
+        captions with their word detectors)."""
+        if not isinstance(context, tuple):
+            return super().decode(context, tokens, context_mask)
+        context, detected = context
+        words = torch.arange(len(self.cfg.tokens), device=tokens.device) >= 2 + len(STYLES)
+        prior = F.logsigmoid(detected.float()) * words
+        return super().decode(context, tokens, context_mask) + self.cfg.concept_prior * prior[:, None, :]
+
+    def encode_with_concepts(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (image tokens, concept logits (B, V) or None): with ``cfg.concepts``, linear word detectors
+        on the mean-pooled tower features (Fang et al. 2015, "From captions to visual concepts and
+        back"), their probabilities projected to one more token (the decoder attends to detected
+        words, You et al. 2016); trained by ``captioning.text.CaptionLoss`` against the caption's words."""
+        features = self.image_tower.features(images)
+        tokens = self.image_proj(features) + self.image_pos
+        if not self.cfg.concepts:
+            return tokens, None
+        logits = self.concept_head(features.mean(1))
+        tokens = torch.cat([tokens, self.concept_proj(logits.sigmoid())[:, None]], 1)
+        return ((tokens, logits.detach()) if self.cfg.concept_prior else tokens), logits
 
 
 class PromptUpsampler(TextDecoder):

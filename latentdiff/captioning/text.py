@@ -14,6 +14,8 @@ from torch import nn
 
 from latentdiff.captioning.model import EOS, PAD, STYLES, CaptionerConfig
 
+EOS_ID = 1  # <pad> is 0, <eos> 1, then the style tokens and the words (``CaptionerConfig.tokens``)
+
 
 def build_vocab(captions: list[str]) -> tuple[str, ...]:
     """The sorted distinct words of ``captions``."""
@@ -67,21 +69,62 @@ class CaptionLoss:
     """``loss_fn(model, batch, generator) -> (loss, logs)`` for the trainer: ``batch["tokens"]`` (B, K, T)
     holds K captions (one per style) of each input ``batch["x"]`` (images (B, C, S, S), or an
     upsampler's short prompts (B, T)); the input is encoded once and every caption decoded against
-    it. ``styles``: the indices of the K styles trained (an upsampler writes the descriptive one)."""
+    it. With word detectors (``Captioner`` with ``cfg.concepts``) their binary cross-entropy against
+    the words of the item's captions is added. ``styles``: the indices of the K styles trained (an upsampler
+    writes the descriptive one).
 
-    def __init__(self, styles: tuple[int, ...] | None = None):
-        self.styles = styles
+    ``input_noise`` q: each input word after the style token is replaced, with probability q, by the
+    word at the same position of another caption of the batch in the same style (a random row, drawn
+    with ``generator``); the targets stay. The decoder then cannot lean on the words before to name
+    the next (a colour seen only with two of the shapes to rule out the third), and reads the image
+    for it: word dropout (Bowman et al. 2016) with in-distribution words instead of a mask."""
+
+    def __init__(self, styles: tuple[int, ...] | None = None, input_noise: float = 0.0):
+        if not 0 <= input_noise < 1:
+            raise ValueError(f"input_noise must be in [0, 1), got {input_noise}")
+        self.styles, self.input_noise = styles, input_noise
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator):
         tokens = batch["tokens"] if self.styles is None else batch["tokens"][:, list(self.styles)]
-        B, K, T = tokens.shape
-        context = repeat_context(model.encode(batch["x"]), K)
+        K = tokens.shape[1]
         flat = tokens.flatten(0, 1)
-        logits = model.decode(context, flat[:, :-1])
+        inputs = noisy_inputs(tokens, self.input_noise, generator).flatten(0, 1)
+        if hasattr(model, "encode_with_concepts"):
+            context, detected = model.encode_with_concepts(batch["x"])
+        else:
+            context, detected = model.encode(batch["x"]), None
+        logits = model.decode(repeat_context(context, K), inputs)
         loss = caption_loss(logits, flat)
+        if detected is not None:
+            present = words_present(tokens, detected.shape[1])
+            loss = loss + F.binary_cross_entropy_with_logits(detected.float(), present)
         real = flat[:, 1:] != 0
         accuracy = ((logits.argmax(-1) == flat[:, 1:]) | ~real).all(dim=1).float().mean()
         return loss, {"caption_exact": float(accuracy)}
+
+
+def words_present(captions: torch.Tensor, V: int) -> torch.Tensor:
+    """(B, V) float: 1 where a word occurs in any of an item's captions (B, K, T); specials 0."""
+    present = torch.zeros(len(captions), V, device=captions.device)
+    present.scatter_(1, captions.flatten(1), 1.0)
+    present[:, :2 + len(STYLES)] = 0.0
+    return present
+
+
+def noisy_inputs(captions: torch.Tensor, q: float, generator: torch.Generator) -> torch.Tensor:
+    """The teacher-forcing inputs captions[:, :, :-1] (B, K, T - 1), each word after the style token
+    swapped with probability q for the word at the same position and style of a random row of the
+    batch, where that row has a word there too (``CaptionLoss``)."""
+    inputs = captions[:, :, :-1]
+    if q == 0:
+        return inputs
+    B, K, T = inputs.shape
+    rows = torch.randint(0, B, (B, K, T), generator=generator).to(inputs.device)
+    other = inputs.gather(0, rows)
+    word = inputs > EOS_ID
+    word[:, :, 0] = False  # the style token stays
+    swap = (torch.rand(B, K, T, generator=generator).to(inputs.device) < q) & word & (other > EOS_ID)
+    return torch.where(swap, other, inputs)
 
 
 def not_words(cfg: CaptionerConfig, device) -> torch.Tensor:

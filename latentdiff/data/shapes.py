@@ -67,6 +67,34 @@ def caption_of(objs: list[Obj], relation: str | None = None) -> str:
     return f"{first} {relation} a {b.size} {b.colour} {b.shape}"
 
 
+def mirrored(objs: list[Obj], relation: str | None) -> tuple[list[Obj], str | None]:
+    """The scene flipped left to right (every shape here is mirror-symmetric): columns mirrored,
+    "left of" and "right of" swapped."""
+    swap = {"left of": "right of", "right of": "left of"}
+    return [dataclasses.replace(o, col=2 - o.col) for o in objs], swap.get(relation, relation)
+
+
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def canonical(objs: list[Obj], relation: str | None) -> tuple[list[Obj], str | None]:
+    """The same scene stated left or upper object first ("right of" / "below" turned around)."""
+    return (objs[::-1], INVERSE[relation]) if relation in ("right of", "below") else (objs, relation)
+
+
+def turned_caption(caption: str) -> str:
+    """A two-object caption stated the other way round ("A left of B" -> "B right of A"); any other
+    caption, or one outside the grammar, unchanged."""
+    try:
+        objs, relation = parse_prompt(caption)
+    except ValueError:
+        return caption
+    if relation is None:
+        return caption
+    a, b = (f"a {o['size']} {o['colour']} {o['shape']}" for o in objs)
+    return f"{b} {INVERSE[relation]} {a}"
+
+
 def short_caption_of(objs: list[Obj]) -> str:
     """The short caption of a scene (DALL·E 3's short style, "the main subject only"): the first
     object's colour and shape, "a red circle"."""

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentdiff.captioning.data import LabelledShare, labelled_indices, style_captions
-from latentdiff.captioning.model import STYLES, Captioner, PromptUpsampler
+from latentdiff.captioning.data import CAPTION_STYLES, LabelledShare, labelled_indices, style_captions
+from latentdiff.captioning.model import Captioner, PromptUpsampler
 from latentdiff.captioning.text import CaptionLoss, beam, build_vocab, greedy
 from latentdiff.data import build_dataset
 from latentdiff.io.checkpoint import load_run_model
@@ -34,13 +34,14 @@ def train_captioner_run(cfg: CaptionerRunConfig, out_dir: str | Path, cpu: bool 
     only: its vocabulary is the words of the share's captions in both styles (filled into the saved
     config), every image is trained on its short and its descriptive caption."""
     train, index = labelled_share(cfg)
-    words = build_vocab([c for s in STYLES for c in style_captions(train, index, s)])
+    upsampler = cfg.task == "upsampler"  # short -> descriptive, from the same pairs
+    words = build_vocab([c for s in CAPTION_STYLES for c in style_captions(train, index, s)])
     if cfg.captioner.vocab and tuple(cfg.captioner.vocab) != words:
         raise ValueError("captioner.vocab differs from the labelled share's words; leave it empty to fill it in")
     cfg = cfg.replace(captioner=cfg.captioner.replace(vocab=words))
-    upsampler = cfg.task == "upsampler"  # short -> descriptive, from the same pairs
-    data = LabelledShare(train, index, cfg.captioner, images=not upsampler)
-    loss = CaptionLoss((STYLES.index("descriptive"),) if upsampler else None)
+    data = LabelledShare(train, index, cfg.captioner, images=not upsampler, mirror=cfg.mirror and not upsampler,
+                         canonical_order=cfg.canonical_order)
+    loss = CaptionLoss((CAPTION_STYLES.index("descriptive"),) if upsampler else None, cfg.input_noise)
     trainer = Trainer(build_model(cfg), loss, data, cfg.train, out_dir, run_config=cfg.to_dict(), cpu=cpu)
     return trainer.train()
 
@@ -167,4 +168,17 @@ def recaption_dataset(captioner_ckpt: str | Path, data_cfg, style: str = "descri
             x = train.get_batch(torch.arange(i, min(i + batch_size, len(train))))["x"]
             captions += caption_images(model, x, style, beam_width, batch_size)
             bar.update(len(x))
+    if cfg.canonical_order:  # written left / upper object first: state half of them the other way round
+        captions = restated_at_random(captions, seed=0)
+        provenance["order"] = "two-object captions turned round at random (seed 0)"
     return save_recaptions(out, captions, provenance | {"n": len(captions)})
+
+
+def restated_at_random(captions: list[str], seed: int) -> list[str]:
+    """Each two-object caption turned round (``data.shapes.turned_caption``) with probability 1/2,
+    drawn per item from a generator seeded with ``seed``: a captioner trained on one canonical order
+    then leaves the text-to-image model both orders, as the data's own captions have."""
+    from latentdiff.data.shapes import turned_caption
+
+    turn = torch.rand(len(captions), generator=torch.Generator().manual_seed(seed)) < 0.5
+    return [turned_caption(c) if t else c for c, t in zip(captions, turn.tolist())]

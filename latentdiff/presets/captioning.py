@@ -25,6 +25,9 @@ class CaptionerRunConfig(Config):
     data: DataConfig = DataConfig(name="shapes", image_size=32, channels=3)
     labelled_share: float = 0.05  # share of the training images whose exact caption may be used
     share_seed: int = 0           # seed of the labelled subset
+    mirror: bool = False          # also train on the labelled images flipped left to right, captions mirrored
+    canonical_order: bool = False  # two objects always written left / upper one first
+    input_noise: float = 0.0      # teacher-forcing word swap probability (captioning.text.CaptionLoss)
     captioner: CaptionerConfig = CaptionerConfig()
     train: TrainConfig = TrainConfig()
 
@@ -48,6 +51,8 @@ def shapes_captioner() -> CaptionerRunConfig:
     return CaptionerRunConfig(
         description="image captioner on the 5% labelled share of shapes (short and descriptive captions; "
                     "15 min on 2 CPU cores)",
+        mirror=True, canonical_order=True, input_noise=0.3,
+        captioner=CaptionerConfig(concepts=True, concept_prior=2.0),
         train=TrainConfig(batch_size=64, lr=1e-3, weight_decay=0.0, warmup_steps=100, grad_clip=1.0,
                           max_steps=100_000, max_minutes=15.0, ema_decay=0.995, mixed_precision="no",
                           sample_every=100_000, checkpoint_every=250, log_every=25))
@@ -56,7 +61,8 @@ def shapes_captioner() -> CaptionerRunConfig:
 def shapes_upsampler() -> CaptionerRunConfig:
     """Prompt upsampling (short -> descriptive) learned from the labelled share's caption pairs."""
     base = shapes_captioner()
-    return base.replace(task="upsampler", description="prompt upsampler on the 5% labelled share of shapes: short "
+    return base.replace(task="upsampler", mirror=False, canonical_order=False, input_noise=0.0,
+                        captioner=CaptionerConfig(), description="prompt upsampler on the 5% labelled share of shapes: short "
                         "prompt -> descriptive prompt, unspecified attributes sampled; 5 min on 2 CPU cores",
                         train=base.train.replace(max_minutes=5.0))
 
