@@ -120,6 +120,58 @@ def test_input_noise_swaps_words_for_same_position_words_of_the_batch_at_rate_q(
     assert torch.equal(inputs, again)
 
 
+def test_word_detectors_add_their_log_prior_to_the_words_and_their_loss_to_the_caption_loss():
+    import torch.nn.functional as F
+
+    from latentdiff.captioning.text import CaptionLoss, words_present
+
+    captions = torch.tensor([[[2, 5, 6, 1, 0], [3, 7, 1, 0, 0]]])           # (B 1, K 2, T 5)
+    assert words_present(captions, 9).tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 0]]
+    torch.manual_seed(0)
+    cfg = CFG.replace(concepts=True, concept_prior=2.0)
+    model = Captioner(cfg)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    (tokens, detected), logits = model.encode_with_concepts(images)
+    assert tokens.shape == (2, 8 * 8 + 1, 32) and torch.equal(detected, logits.detach())
+    ids = encode_captions(cfg, ["a small red circle", "a square"], "descriptive")
+    fused = model.decode((tokens, detected), ids[:, :-1])
+    plain = model.decode(tokens, ids[:, :-1])
+    words = torch.arange(len(cfg.tokens)) >= 4                                # after <pad>, <eos>, the styles
+    want = plain + 2.0 * F.logsigmoid(detected)[:, None, :] * words
+    assert torch.allclose(fused, want, atol=1e-6) and torch.equal(fused[..., :4], plain[..., :4])
+    batch = {"x": images, "tokens": torch.stack([ids, encode_captions(cfg, ["a red circle", "a square"], "short")], 1)}
+    loss, _ = CaptionLoss()(model, batch, torch.Generator().manual_seed(0))
+    flat = batch["tokens"].flatten(0, 1)
+    context = tuple(c.repeat_interleave(2, dim=0) for c in (tokens, detected))
+    want = caption_loss(model.decode(context, flat[:, :-1]), flat) + F.binary_cross_entropy_with_logits(
+        logits, words_present(batch["tokens"], len(cfg.tokens)))
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="concept_prior needs captioner.concepts"):
+        CFG.replace(concept_prior=1.0)
+
+
+def test_canonical_captions_and_their_turned_round_restatements_describe_the_same_image():
+    from latentdiff.data.shapes import canonical, caption_of, turned_caption
+    from latentdiff.eval.adherence import score
+    from latentdiff.pipelines.captioning import restated_at_random
+
+    test = build_dataset(DataConfig(name="shapes", image_size=32, channels=3, n=40), "test")
+    two = [i for i in range(40) if len(test.attributes[i][0]) == 2]
+    assert len(two) >= 10
+    for i in two:
+        image = test.get_batch(torch.tensor([i]))["x"][0]
+        first = caption_of(*canonical(*test.attributes[i]))
+        assert " right of " not in first and " below " not in first
+        assert score(first, image)["all_correct"] and score(turned_caption(first), image)["all_correct"]
+        assert turned_caption(turned_caption(first)) == first
+    one = test.captions[next(i for i in range(40) if len(test.attributes[i][0]) == 1)]
+    assert turned_caption(one) == one and turned_caption("not a caption") == "not a caption"
+    captions = [caption_of(*canonical(*test.attributes[two[0]]))] * 2000
+    out = restated_at_random(captions, seed=0)
+    share = sum(c != captions[0] for c in out) / len(out)
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / 2000) and out == restated_at_random(captions, seed=0)
+
+
 def test_a_caption_outside_the_grammar_fails_every_attribute():
     test = build_dataset(DataConfig(name="shapes", image_size=32, channels=3, n=4), "test")
     image = test.get_batch(torch.tensor([0]))["x"][0]

@@ -61,20 +61,28 @@ def shapes_captioner() -> CaptionerRunConfig:
 def shapes_upsampler() -> CaptionerRunConfig:
     """Prompt upsampling (short -> descriptive) learned from the labelled share's caption pairs."""
     base = shapes_captioner()
-    return base.replace(task="upsampler", mirror=False, canonical_order=False, input_noise=0.0,
-                        captioner=CaptionerConfig(), description="prompt upsampler on the 5% labelled share of shapes: short "
-                        "prompt -> descriptive prompt, unspecified attributes sampled; 5 min on 2 CPU cores",
+    return as_upsampler(base, description="prompt upsampler on the 5% labelled share of shapes: short prompt -> "
+                        "descriptive prompt, unspecified attributes sampled; 5 min on 2 CPU cores",
                         train=base.train.replace(max_minutes=5.0))
 
 
+def as_upsampler(captioner: CaptionerRunConfig, **fields) -> CaptionerRunConfig:
+    """A captioner preset's data, sizes and loop as a prompt upsampler's, without what reads images
+    (word detectors, mirrored images) or reorders the captions it learns to write."""
+    return captioner.replace(task="upsampler", mirror=False, canonical_order=False, input_noise=0.0,
+                             captioner=captioner.captioner.replace(concepts=False, concept_prior=0.0), **fields)
+
+
 def tiny_upsampler() -> CaptionerRunConfig:
-    return tiny_captioner().replace(task="upsampler", description="tiny prompt upsampler, for tests")
+    return as_upsampler(tiny_captioner(), description="tiny prompt upsampler, for tests")
 
 
 def tiny_captioner() -> CaptionerRunConfig:
     return CaptionerRunConfig(
         description="tiny captioner on 64 shapes images (half of them labelled), for tests",
         data=DataConfig(name="shapes", image_size=16, channels=3, n=64), labelled_share=0.5,
-        captioner=CaptionerConfig(image_size=16, width=8, stage_mult=(1, 2), norm_groups=4, dim=32, layers=1, heads=2),
+        mirror=True, canonical_order=True, input_noise=0.3,
+        captioner=CaptionerConfig(image_size=16, width=8, stage_mult=(1, 2), norm_groups=4, dim=32, layers=1, heads=2,
+                                  concepts=True, concept_prior=2.0),
         train=TrainConfig(batch_size=16, lr=1e-3, warmup_steps=2, max_steps=4, checkpoint_every=2, log_every=2,
                           sample_every=4, ema_decay=0.9, mixed_precision="no"))
