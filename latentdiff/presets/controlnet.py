@@ -18,7 +18,7 @@ def shapes_controlnet_edges() -> ControlNetRunConfig:
         control=ControlConfig(kind="edges", sigma=1.0, low=0.3, high=0.6),
         controlnet=ControlNetConfig(control_channels=1, control_size=32, hint_channels=16),
         train=TrainConfig(batch_size=64, lr=5e-4, warmup_steps=50, grad_clip=1.0, max_steps=100_000,
-                          max_minutes=30.0, ema_decay=0.995, mixed_precision="bf16", sample_every=250,
+                          max_minutes=30.0, ema_decay=0.995, mixed_precision="auto", sample_every=250,
                           checkpoint_every=250, log_every=25),
         sample=SampleConfig(sampler="dpmpp_2m", steps=20, spacing="karras", guidance=2.0, n_grid=8),
     )

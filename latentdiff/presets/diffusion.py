@@ -22,7 +22,7 @@ def fmnist_ddpm() -> RunConfig:
                          patch_size=2),
         diffusion=DiffusionConfig(schedule="cosine", parameterisation="v", min_snr_gamma=5.0, cond_drop_prob=0.1),
         train=TrainConfig(batch_size=64, lr=1e-3, warmup_steps=100, grad_clip=1.0, max_steps=100_000,
-                          max_minutes=12.0, ema_decay=0.995, mixed_precision="bf16", sample_every=500,
+                          max_minutes=12.0, ema_decay=0.995, mixed_precision="auto", sample_every=500,
                           checkpoint_every=250, log_every=25),
         sample=SampleConfig(sampler="dpmpp_2m", steps=20, spacing="karras", guidance=2.0),
     )

@@ -17,7 +17,7 @@ def fmnist_dmd() -> DMDRunConfig:
         dmd=DMDConfig(guidance=2.0, regression_weight=0.25),
         pairs=PairsConfig(n=1000, sampler="ddim", steps=20, spacing="trailing"),
         train=TrainConfig(batch_size=32, lr=1e-4, warmup_steps=20, grad_clip=1.0, max_steps=100_000,
-                          max_minutes=41.0, ema_decay=0.99, mixed_precision="bf16", sample_every=250,
+                          max_minutes=41.0, ema_decay=0.99, mixed_precision="auto", sample_every=250,
                           checkpoint_every=100, log_every=10),
         sample=DMDRunConfig.sample.replace(n_grid=100),
     )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -37,12 +38,16 @@ from torch import nn
 
 from latentdiff.nn.blocks import set_grad_checkpointing
 from latentdiff.training.ema import EMA
-from latentdiff.training.train_config import TrainConfig, resolve_mixed_precision
+from latentdiff.training.train_config import TrainConfig, cpu_has_native_bf16, resolve_mixed_precision
 
 
 def build_accelerator(cfg: TrainConfig, cpu: bool, unused_parameters: bool) -> Accelerator:
     """The run's ``Accelerator``. Under FSDP it does no mixed precision of its own (FSDP's policy does)."""
-    precision = resolve_mixed_precision(cfg.mixed_precision, not cpu and torch.cuda.is_available())
+    use_cuda = not cpu and torch.cuda.is_available()
+    precision = resolve_mixed_precision(cfg.mixed_precision, use_cuda)
+    if precision == "bf16" and not use_cuda and not cpu_has_native_bf16():
+        warnings.warn("train.mixed_precision=bf16 on a CPU without native bf16 (AVX512-BF16 / AMX) is emulated and "
+                      "several times slower than fp32; train.mixed_precision=auto picks fp32 here", stacklevel=2)
     if cfg.fsdp and precision == "fp16":
         raise ValueError("train.fsdp=true supports train.mixed_precision no or bf16, not fp16")
     return Accelerator(
