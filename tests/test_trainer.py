@@ -184,3 +184,18 @@ def test_two_process_ddp(tmp_path):
     assert sorted(results[0]["first_epoch"] + results[1]["first_epoch"]) == list(range(32))
     state = load_checkpoint(tmp_path / "run" / "checkpoint").trainer_state
     assert len(state["loss_generator"]) == 2 and not torch.equal(*state["loss_generator"])
+
+
+def test_auto_precision_is_bf16_on_cuda_or_a_cpu_with_native_bf16_and_fp32_elsewhere(monkeypatch, tmp_path):
+    from latentdiff.training import train_config
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(train_config, "CPUINFO", cpuinfo)
+    for flags, native in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True)):
+        cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
+        train_config.cpu_has_native_bf16.cache_clear()
+        assert train_config.cpu_has_native_bf16() is native
+        assert train_config.resolve_mixed_precision("auto", use_cuda=False) == ("bf16" if native else "no")
+        assert train_config.resolve_mixed_precision("auto", use_cuda=True) == "bf16"
+        assert train_config.resolve_mixed_precision("no", use_cuda=True) == "no"
+    train_config.cpu_has_native_bf16.cache_clear()
