@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from latentdiff.captioning.model import CaptionerConfig
+from latentdiff.captioning.model import STYLES, CaptionerConfig
 from latentdiff.captioning.text import encode_captions
 from latentdiff.data.shapes import canonical, caption_of, mirrored, short_caption_of
-
-CAPTION_STYLES = ("short", "descriptive")  # the styles a captioner writes from the labelled share
 
 
 def labelled_indices(n: int, share: float, seed: int) -> torch.Tensor:
@@ -40,7 +38,7 @@ def style_captions(dataset, index: torch.Tensor, style: str, mirror: bool = Fals
 class LabelledShare:
     """The labelled share of a captioned dataset as the captioner's training data.
 
-    Item j < len(indices) is labelled item indices[j] with its captions in the ``CAPTION_STYLES``;
+    Item j < len(indices) is labelled item indices[j] with its captions in the ``STYLES``;
     with ``mirror``, item len(indices) + j is the same image flipped left to right with the captions
     of the flipped scene. ``captions`` are the exact captions of the labelled items alone.
     ``get_batch(index (B,))`` -> {"x" (B, C, S, S), "tokens" (B, K, T): the items' captions in each
@@ -50,11 +48,13 @@ class LabelledShare:
 
     def __init__(self, base, indices: torch.Tensor, cfg: CaptionerConfig, images: bool = True,
                  mirror: bool = False, canonical_order: bool = False):
-        self.base, self.indices, self.images, self.mirror = base, indices, images, mirror
+        self.base, self.indices, self.images = base, indices, images
         self.captions = [base.captions[i] for i in indices.tolist()]
-        views = (False, True) if mirror else (False,)
-        self.tokens = torch.cat([torch.stack([encode_captions(cfg, style_captions(base, indices, s, flip, canonical_order), s)
-                                              for s in CAPTION_STYLES], 1) for flip in views])
+        def view(flip: bool) -> torch.Tensor:  # (k, K, T): every labelled item in each style
+            return torch.stack([encode_captions(cfg, style_captions(base, indices, s, flip, canonical_order), s)
+                                for s in STYLES], 1)
+
+        self.tokens = torch.cat([view(flip) for flip in ((False, True) if mirror else (False,))])
         self.num_classes = 0
 
     def __len__(self) -> int:
@@ -63,7 +63,7 @@ class LabelledShare:
     def get_batch(self, index: torch.Tensor) -> dict:
         index = torch.as_tensor(index, dtype=torch.long)
         if not self.images:
-            return {"x": self.tokens[index, CAPTION_STYLES.index("short")], "tokens": self.tokens[index]}
+            return {"x": self.tokens[index, STYLES.index("short")], "tokens": self.tokens[index]}
         flip = index >= len(self.indices)
         x = self.base.get_batch(self.indices[index % len(self.indices)])["x"]
         return {"x": torch.where(flip[:, None, None, None], x.flip(-1), x), "tokens": self.tokens[index]}

@@ -28,6 +28,7 @@ from latentdiff.nn.attention import TransformerBlock
 
 PAD, EOS = "<pad>", "<eos>"
 STYLES = ("short", "descriptive")
+FIRST_WORD = 2 + len(STYLES)  # token ids: <pad> 0, <eos> 1, the style tokens, then the words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +131,13 @@ class Captioner(TextDecoder):
         if not isinstance(context, tuple):
             return super().decode(context, tokens, context_mask)
         context, detected = context
-        words = torch.arange(len(self.cfg.tokens), device=tokens.device) >= 2 + len(STYLES)
+        words = torch.arange(len(self.cfg.tokens), device=tokens.device) >= FIRST_WORD
         prior = F.logsigmoid(detected.float()) * words
         return super().decode(context, tokens, context_mask) + self.cfg.concept_prior * prior[:, None, :]
 
     def encode_with_concepts(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """-> (image tokens, concept logits (B, V) or None): with ``cfg.concepts``, linear word detectors
-        on the mean-pooled tower features (Fang et al. 2015, "From captions to visual concepts and
+        """-> (``encode``'s context for ``decode``, concept logits (B, V) or None): with ``cfg.concepts``,
+        linear word detectors on the mean-pooled tower features (Fang et al. 2015, "From captions to visual concepts and
         back"), their probabilities projected to one more token (the decoder attends to detected
         words, You et al. 2016); trained by ``captioning.text.CaptionLoss`` against the caption's words."""
         features = self.image_tower.features(images)

@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentdiff.captioning.model import EOS, PAD, STYLES, CaptionerConfig
-
-EOS_ID = 1  # <pad> is 0, <eos> 1, then the style tokens and the words (``CaptionerConfig.tokens``)
+from latentdiff.captioning.model import EOS, FIRST_WORD, PAD, STYLES, CaptionerConfig
 
 
 def build_vocab(captions: list[str]) -> tuple[str, ...]:
@@ -107,7 +105,7 @@ def words_present(captions: torch.Tensor, V: int) -> torch.Tensor:
     """(B, V) float: 1 where a word occurs in any of an item's captions (B, K, T); specials 0."""
     present = torch.zeros(len(captions), V, device=captions.device)
     present.scatter_(1, captions.flatten(1), 1.0)
-    present[:, :2 + len(STYLES)] = 0.0
+    present[:, :FIRST_WORD] = 0.0
     return present
 
 
@@ -121,9 +119,9 @@ def noisy_inputs(captions: torch.Tensor, q: float, generator: torch.Generator) -
     B, K, T = inputs.shape
     rows = torch.randint(0, B, (B, K, T), generator=generator).to(inputs.device)
     other = inputs.gather(0, rows)
-    word = inputs > EOS_ID
+    word = inputs >= FIRST_WORD
     word[:, :, 0] = False  # the style token stays
-    swap = (torch.rand(B, K, T, generator=generator).to(inputs.device) < q) & word & (other > EOS_ID)
+    swap = (torch.rand(B, K, T, generator=generator).to(inputs.device) < q) & word & (other >= FIRST_WORD)
     return torch.where(swap, other, inputs)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentdiff.captioning.data import CAPTION_STYLES, LabelledShare, labelled_indices, style_captions
-from latentdiff.captioning.model import Captioner, PromptUpsampler
+from latentdiff.captioning.data import LabelledShare, labelled_indices, style_captions
+from latentdiff.captioning.model import STYLES, Captioner, PromptUpsampler
 from latentdiff.captioning.text import CaptionLoss, beam, build_vocab, greedy
 from latentdiff.data import build_dataset
 from latentdiff.io.checkpoint import load_run_model
@@ -35,13 +35,13 @@ def train_captioner_run(cfg: CaptionerRunConfig, out_dir: str | Path, cpu: bool 
     config), every image is trained on its short and its descriptive caption."""
     train, index = labelled_share(cfg)
     upsampler = cfg.task == "upsampler"  # short -> descriptive, from the same pairs
-    words = build_vocab([c for s in CAPTION_STYLES for c in style_captions(train, index, s)])
+    words = build_vocab([c for s in STYLES for c in style_captions(train, index, s)])
     if cfg.captioner.vocab and tuple(cfg.captioner.vocab) != words:
         raise ValueError("captioner.vocab differs from the labelled share's words; leave it empty to fill it in")
     cfg = cfg.replace(captioner=cfg.captioner.replace(vocab=words))
     data = LabelledShare(train, index, cfg.captioner, images=not upsampler, mirror=cfg.mirror and not upsampler,
                          canonical_order=cfg.canonical_order)
-    loss = CaptionLoss((CAPTION_STYLES.index("descriptive"),) if upsampler else None, cfg.input_noise)
+    loss = CaptionLoss((STYLES.index("descriptive"),) if upsampler else None, cfg.input_noise)
     trainer = Trainer(build_model(cfg), loss, data, cfg.train, out_dir, run_config=cfg.to_dict(), cpu=cpu)
     return trainer.train()
 
