@@ -47,7 +47,7 @@ def build_accelerator(cfg: TrainConfig, cpu: bool, unused_parameters: bool) -> A
     precision = resolve_mixed_precision(cfg.mixed_precision, use_cuda)
     if precision == "bf16" and not use_cuda and not cpu_has_native_bf16():
         warnings.warn("train.mixed_precision=bf16 on a CPU without native bf16 (AVX512-BF16 / AMX) is emulated and "
-                      "several times slower than fp32; train.mixed_precision=auto picks fp32 here", stacklevel=2)
+                      "several times slower than fp32; train.mixed_precision=auto picks fp32 on CPU", stacklevel=2)
     if cfg.fsdp and precision == "fp16":
         raise ValueError("train.fsdp=true supports train.mixed_precision no or bf16, not fp16")
     return Accelerator(
