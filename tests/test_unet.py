@@ -116,3 +116,20 @@ def test_text_conditioned_unet_depends_on_real_tokens_only():
     assert not torch.allclose(net(x, t, text=other, text_mask=mask, pooled=pooled)[0], out[0])
     # no text at all is the learned null token alone, the same as a sample whose tokens are all masked
     torch.testing.assert_close(net(x, t), net(x, t, text=text, text_mask=torch.zeros_like(mask), pooled=None))
+
+
+def test_position_embedding_is_the_sincos_grid_added_after_conv_in_and_not_saved():
+    """position_embedding adds sincos_2d(C, H/p, W/p) (row-major cells) to conv_in's output, the first
+    skip; the weights (state_dict) are those of the same U-Net without it; bad widths are refused."""
+    from latentdiff.nn.layers import sincos_2d
+
+    plain, placed = (randomise(UNet(small(patch_size=2, position_embedding=on))) for on in (False, True))
+    assert plain.state_dict().keys() == placed.state_dict().keys()
+    placed.load_state_dict(plain.state_dict())
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 500.0])
+    first = lambda net: net.encode(x, t)[0][0]  # noqa: E731
+    grid = sincos_2d(16, 8, 8)                     # (64 cells, 16)
+    assert torch.allclose(first(placed) - first(plain), grid.T.reshape(1, 16, 8, 8).expand(2, -1, -1, -1), atol=1e-6)
+    assert not torch.allclose(placed(x, t), plain(x, t))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        small(channels=18, norm_groups=2, position_embedding=True)

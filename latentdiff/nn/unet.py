@@ -23,6 +23,10 @@ projected into ``image_embed_tokens`` extra context tokens after the text tokens
 embedding is the zero vector, the null condition its training dropped to.
 With ``patch_size`` p > 1 the image is folded into p x p patches first (space-to-depth,
 as Hoogeboom et al. 2023 do for high resolutions), so every level runs at 1/p the size.
+With ``position_embedding`` the first feature map gets fixed 2D sine-cosine positions (the
+transformers' ``sincos_2d``), so every layer knows where it is: a convolution alone learns absolute
+position only from the zero padding at the borders, slowly, and prompts that say "in the top left"
+or "left of" need it (README, transformer denoisers).
 ``norm_eps``, ``transformer_norm_eps``, ``linear_projection``, ``freq_shift`` and
 ``asymmetric_downsample`` leave our own models' maths at their defaults; they exist so that imported
 DDPM and Stable Diffusion U-Nets compute exactly what they computed before (``interop.unet``).
@@ -38,7 +42,7 @@ from torch import nn
 
 from latentdiff.config import Config
 from latentdiff.nn.blocks import Downsample, EmbedSequential, ResBlock, Upsample, attention_layers, res_stage
-from latentdiff.nn.layers import TimestepMLP, group_norm, zero_module
+from latentdiff.nn.layers import TimestepMLP, group_norm, sincos_2d, zero_module
 from latentdiff.nn.superres import AUG_LEVEL_SCALE, low_res_input
 
 
@@ -70,6 +74,7 @@ class UNetConfig(Config):
     transformer_norm_eps: float = 1e-5    # eps of the transformer layers' GroupNorm (Stable Diffusion's: 1e-6)
     freq_shift: float = 0.0               # time embedding frequencies max_period^(-i/(C/2 - shift)) (DDPM's: 1)
     asymmetric_downsample: bool = False   # downsampling pads bottom and right only (DDPM's TensorFlow padding)
+    position_embedding: bool = False      # fixed 2D sine-cosine positions added to conv_in's output
 
     def __post_init__(self):
         # sizes a network cannot have, refused by name when the config is made (not as a torch error)
@@ -90,6 +95,9 @@ class UNetConfig(Config):
         for name in ("norm_eps", "transformer_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.position_embedding and self.channels % 4:
+            raise ValueError(f"model.position_embedding=true needs model.channels divisible by 4 (sine and cosine "
+                             f"of rows and columns), got {self.channels}")
         if self.linear_projection and not self.transformer:
             raise ValueError("model.linear_projection=true must come with model.transformer=true (it is a layout "
                              "of the transformer layers' projections)")
@@ -121,6 +129,9 @@ class UNetEncoder(nn.Module):
                           transformer_eps=cfg.transformer_norm_eps, linear_projection=cfg.linear_projection)
 
         self.conv_in = nn.Conv2d((cfg.in_channels + cfg.low_res_channels) * p * p, ch, 3, padding=1)
+        if cfg.position_embedding:  # (1, ch, H/p, W/p), not saved: a function of the config
+            side = cfg.image_size // p
+            self.register_buffer("pos", sincos_2d(ch, side, side).T.reshape(1, ch, side, side), persistent=False)
         self.down = nn.ModuleList()
         self.skip_channels, width, res = [ch], ch, cfg.image_size // p
         for level, mult in enumerate(cfg.channel_mult):
@@ -207,6 +218,8 @@ class UNetEncoder(nn.Module):
         if self.cfg.patch_size > 1:  # (B, C, H, W) -> (B, C p^2, H/p, W/p)
             x = F.pixel_unshuffle(x, self.cfg.patch_size)
         h = self.conv_in(x)
+        if self.cfg.position_embedding:
+            h = h + self.pos.to(h.dtype)
         if hint is not None:
             h = h + hint
         hs = [h]
