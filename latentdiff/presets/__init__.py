@@ -21,7 +21,7 @@ from latentdiff.presets.configs import (AutoencoderRunConfig, ControlNetRunConfi
 from latentdiff.presets.controlnet import (fmnist_controlnet_edges, shapes_controlnet_edges, shapes_controlnet_mask,
                                            tiny_controlnet)
 from latentdiff.presets.diffusion import (fmnist_ddpm, fmnist_ddpm_paper, fmnist_iddpm, fmnist_ldm, fmnist_t2i,
-                                          shapes_t2i, shapes_t2i_pixel, tiny, tiny_ldm, tiny_t2i)
+                                          shapes_t2i, shapes_t2i_flow, shapes_t2i_pixel, tiny, tiny_ldm, tiny_t2i)
 from latentdiff.presets.dmd import fmnist_dmd, fmnist_dmd2, tiny_dmd, tiny_dmd2
 from latentdiff.presets.lora import LoRARunConfig, is_lora_config, lora
 from latentdiff.presets.transformers import fmnist_dit, shapes_t2i_dit, shapes_t2i_mmdit, tiny_dit, tiny_mmdit
@@ -36,6 +36,7 @@ PRESETS = {
     "shapes-vae": shapes_vae,
     "shapes-t2i": shapes_t2i,
     "shapes-t2i-pixel": shapes_t2i_pixel,
+    "shapes-t2i-flow": shapes_t2i_flow,
     "fmnist-t2i": fmnist_t2i,
     "shapes-controlnet-edges": shapes_controlnet_edges,
     "shapes-controlnet-mask": shapes_controlnet_mask,

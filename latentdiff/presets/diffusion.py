@@ -115,6 +115,20 @@ def shapes_t2i_pixel() -> RunConfig:
     )
 
 
+def shapes_t2i_flow() -> RunConfig:
+    """``shapes-t2i-pixel``'s U-Net trained by rectified flow (logit-normal t, no min-SNR weighting),
+    with fixed 2D sine-cosine positions after conv_in: the best design of ``benchmarks/backbones.py``
+    (README, transformer denoisers). Positions took the held-out single-object rate from 0.283 to
+    0.567 at 570 steps, position right from 0.31 to 0.57."""
+    base = shapes_t2i_pixel()
+    return base.replace(
+        description="text-to-image on shapes in pixel space by rectified flow (32 px U-Net with 2D positions, "
+                    "MiniLM + cross-attention, CFG); 30 min on 2 CPU cores",
+        model=base.model.replace(position_embedding=True),
+        diffusion=DiffusionConfig(parameterisation="flow", cond_drop_prob=base.diffusion.cond_drop_prob),
+    )
+
+
 def fmnist_t2i() -> RunConfig:
     """The demo's pixel U-Net conditioned on Fashion-MNIST captions from class names (templates and
     synonyms) instead of labels; dynamic thresholding at sampling (Imagen, pixel space)."""
