@@ -11,6 +11,8 @@ same run. The designs (parameter counts printed; within 10% of the U-Net's 6.0M)
     unet-flow   the same U-Net trained by rectified flow (logit-normal t)
     dit         shapes-t2i-dit    (cross-attention to text, rectified flow)
     mmdit       shapes-t2i-mmdit  (joint attention, rectified flow)
+    unet-flow-pos  shapes-t2i-flow (unet-flow with fixed 2D positions after conv_in): ``--best``'s
+                design, trained on its own for the curve (not in the equal-time lanes)
 
 Evaluation (two threads): ``--k`` samples of each of the 60 held-out prompts (the held-out
 colour-shape pairs) with each run's own sampling defaults (guidance 2), read back by the exact
@@ -40,21 +42,25 @@ from latentdiff.bench.runs import train as train_run
 
 FLOW = ["diffusion.parameterisation=flow", "diffusion.min_snr_gamma=null"]
 DESIGNS = {"unet": ("shapes-t2i-pixel", []), "unet-flow": ("shapes-t2i-pixel", FLOW),
-           "dit": ("shapes-t2i-dit", []), "mmdit": ("shapes-t2i-mmdit", [])}
+           "dit": ("shapes-t2i-dit", []), "mmdit": ("shapes-t2i-mmdit", []),
+           "unet-flow-pos": ("shapes-t2i-flow", [])}
 LANES = (("unet", "dit"), ("mmdit", "unet-flow"))
 FMNIST = {"fmnist-unet": "fmnist-ddpm", "fmnist-dit": "fmnist-dit"}
 KEYS = ("single_object_all_correct", "two_object_all_correct", "all_correct", "attributes")
+BAR = (0.90, 0.60)  # issue 21: single-object and two-object all-correct on held-out prompts
 
 
-def train(run: Path, preset: str, overrides: list[str], marks: list[float]) -> None:
-    """Train ``run`` to each minute mark in turn (resuming), keeping a copy of the checkpoint at each."""
+def train(run: Path, preset: str, overrides: list[str], marks: list[float], threads: int = 1) -> None:
+    """Train ``run`` to each minute mark in turn (resuming), keeping a copy of the checkpoint at each
+    and the step it was taken at (``at-<m>min/step.json``)."""
     for m in marks:
         copy = run / f"at-{m:g}min"
         if (copy / "config.json").exists():
             continue
-        train_run(run, preset, m, overrides, log_mode="a")
+        train_run(run, preset, m, overrides, log_mode="a", threads=threads)
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(run / "checkpoint", copy)
+        (copy / "step.json").write_text(json.dumps({"step": train_steps(run), "minutes": train_minutes(run)}))
 
 
 def sample(ckpt: Path, prompts: list[str], seed: int) -> tuple[torch.Tensor, float]:
@@ -171,21 +177,111 @@ def curve_plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def samples_figure(parts: Path, names: list[str], minutes: float, k: int, path: Path) -> None:
-    """Four held-out prompts (two single-object, two with a relation), a row of k samples per design."""
+def samples_figure(pictures: dict[str, torch.Tensor], k: int, path: Path, title: str) -> None:
+    """Four held-out prompts (two single-object, two with a relation), a row of k samples for each
+    entry of ``pictures`` (label: the k samples of every held-out prompt, prompt-major)."""
     from latentdiff.data.shapes import held_out_prompts
     from latentdiff.io.images import save_prompt_rows
 
     prompts = held_out_prompts()
-    pictures = {n: torch.load(parts / f"{n}-{minutes:g}min-images.pt") for n in names}
     half = len(prompts) // 2
     rows, titles = [], []
     for i in (0, 1, half, half + 1):
         for name, images in pictures.items():
-            rows.append(images[i * k:(i + 1) * k])
+            rows.append(images[i * k:(i + 1) * k][:4])
             titles.append(f"{name}: {prompts[i]}")
-    save_prompt_rows(torch.cat(rows), titles, path,
-                     title=f"held-out prompts after {minutes:g} min: " + ", ".join(names))
+    save_prompt_rows(torch.cat(rows), titles, path, title=title)
+
+
+def held_out_adherence(ckpt: Path, k: int, parts: Path, tag: str) -> dict:
+    """Adherence of ``k`` samples of each held-out prompt (seed 7); the images kept as ``parts/TAG-images.pt``."""
+    from latentdiff.data.shapes import held_out_prompts
+
+    held_out = held_out_prompts()
+    images, _ = sample(ckpt, [q for q in held_out for _ in range(k)], seed=7)
+    torch.save(images, parts / f"{tag}-images.pt")
+    return {key: v for key, v in adherence(images, held_out, k).items() if key in KEYS}
+
+
+def best_curve(runs: Path, name: str, marks: list[float], threads: int, k: int, parts: Path) -> dict:
+    """The chosen design trained alone on ``threads`` threads (the bar's "2 CPU cores") to the last mark,
+    one run with a checkpoint kept at every mark, and its held-out adherence at each."""
+    run = runs / f"{name}-{threads}threads"
+    train(run, *DESIGNS[name], marks, threads=threads)
+    curve = []
+    for m in marks:
+        at = run / f"at-{m:g}min"
+        point = cached(parts / f"{run.name}-{m:g}min.json",
+                       lambda at=at, m=m: held_out_adherence(at, k, parts, f"{run.name}-{m:g}min"))
+        curve.append({"minutes": m, "train_steps": json.loads((at / "step.json").read_text())["step"], **point})
+    preset, overrides = DESIGNS[name]
+    return {"preset": preset, "name": name, "overrides": overrides, "threads": threads, "k_per_prompt": k,
+            "curve": curve, "crossing_minutes": crossing(curve)}
+
+
+def crossing(curve: list[dict]) -> float | None:
+    """The first mark at which both bars (single >= 0.90, two-object >= 0.60) hold; None if none does."""
+    return next((c["minutes"] for c in curve if c["single_object_all_correct"] >= BAR[0]
+                 and c["two_object_all_correct"] >= BAR[1]), None)
+
+
+def best_plot(best: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    minutes = [c["minutes"] for c in best["curve"]]
+    for key, bar, label in (("single_object_all_correct", BAR[0], "single object"),
+                            ("two_object_all_correct", BAR[1], "two objects with a relation")):
+        line, = ax.plot(minutes, [c[key] for c in best["curve"]], "o-", label=label)
+        ax.axhline(bar, color=line.get_color(), ls=":", lw=1)
+    ax.axvline(30, color="grey", ls="--", lw=1)
+    ax.set_xlabel(f"training minutes ({best['threads']} CPU threads)")
+    ax.set_ylabel("all-correct rate, held-out prompts")
+    ax.set_title(f"{best['name']}: adherence against training time (dotted: the bars)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def compare_designs(args, runs: Path, parts: Path) -> dict:
+    """Every design at equal wall time (two lanes of one core), and Fashion-MNIST; figures written."""
+    marks = sorted({float(m) for m in args.curve.split(",")} | {args.minutes})
+    names = [n for lane in LANES for n in lane]
+    for name in names:
+        print(f"{name}: {parameters(*DESIGNS[name]):,} parameters", flush=True)
+    in_lanes([list(lane) for lane in LANES], lambda n: train(runs / n, *DESIGNS[n], marks))
+    torch.set_num_threads(args.threads)
+    designs = [cached(parts / f"{n}.json", lambda n=n: design_report(runs, n, marks, args.k, args.n_fd, parts))
+               for n in names]
+    speeds = cached(parts / "speeds.json", lambda: fair_speeds(runs, names))
+    for r in designs:
+        r["train_steps_per_s_in_run"] = r["train_steps"] / (60 * r["train_minutes"])
+        r.update(speeds[r["name"]])
+    in_lanes([["fmnist-unet"], ["fmnist-dit"]], lambda n: train(runs / n, FMNIST[n], [], [args.fmnist_minutes]))
+    torch.set_num_threads(args.threads)
+    fmnist = [cached(parts / f"{n}.json", lambda n=n: fmnist_report(runs, n)) for n in FMNIST]
+    score = lambda r: r["two_object_all_correct"] + r["single_object_all_correct"]  # noqa: E731
+    best = max(designs, key=score)
+    curve_plot(designs, args.png)
+    pictures = {n: torch.load(parts / f"{n}-{args.minutes:g}min-images.pt") for n in names}
+    samples_figure(pictures, args.k, args.png.with_name("backbones_samples.png"),
+                   f"held-out prompts after {args.minutes:g} min: " + ", ".join(names))
+    for r in designs:
+        print(f"{r['name']:10s} {r['params']:>10,d} params  single {r['single_object_all_correct']:.3f}  two "
+              f"{r['two_object_all_correct']:.3f}  FD {r['fd_effnet']:.1f} (floor {r['fd_floor']:.1f})  "
+              f"{r['train_steps_per_s']:.2f} steps/s  {r['images_per_s']:.1f} img/s")
+    for r in fmnist:
+        print(f"{r['name']:12s} FD {r.get('fd_effnet')} (floor {r.get('fd_floor')})")
+    return {"runs": designs, "best": {"preset": best["preset"], "name": best["name"], "curve": best["curve"]},
+            "fmnist": fmnist,
+            "settings": {"minutes": args.minutes, "curve": marks, "k_per_prompt": args.k, "held_out_prompts": 60,
+                         "n_fd": args.n_fd, "threads_per_lane": 1, "eval_threads": args.threads,
+                         "machine": f"{os.cpu_count()} CPU cores"}}
 
 
 def main() -> None:
@@ -199,40 +295,32 @@ def main() -> None:
     p.add_argument("--json", default="benchmarks/results/backbones.json")
     p.add_argument("--png", type=Path, default=Path("docs/backbones_curve.png"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--best", choices=list(DESIGNS), help="the design of the long run (default: the best at "
+                   "equal time)")
+    p.add_argument("--best-curve", default="10,20,30,60,90", help="minute marks of the long run")
+    p.add_argument("--best-k", type=int, default=8, help="samples per held-out prompt on the long run's curve")
+    p.add_argument("--only-best", action="store_true", help="keep the equal-time comparison already in --json "
+                   "and run the long run alone")
     args = p.parse_args()
-    marks = sorted({float(m) for m in args.curve.split(",")} | {args.minutes})
     runs, parts = args.runs_dir, args.runs_dir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    for name, (preset, overrides) in DESIGNS.items():
-        print(f"{name}: {parameters(preset, overrides):,} parameters", flush=True)
-    in_lanes([list(lane) for lane in LANES], lambda n: train(runs / n, *DESIGNS[n], marks))
-    torch.set_num_threads(args.threads)
-    designs = [cached(parts / f"{n}.json", lambda n=n: design_report(runs, n, marks, args.k, args.n_fd, parts))
-               for n in DESIGNS]
-    speeds = cached(parts / "speeds.json", lambda: fair_speeds(runs, list(DESIGNS)))
-    for r in designs:
-        r["train_steps_per_s_in_run"] = r["train_steps"] / (60 * r["train_minutes"])
-        r.update(speeds[r["name"]])
-    in_lanes([["fmnist-unet"], ["fmnist-dit"]], lambda n: train(runs / n, FMNIST[n], [], [args.fmnist_minutes]))
-    torch.set_num_threads(args.threads)
-    fmnist = [cached(parts / f"{n}.json", lambda n=n: fmnist_report(runs, n)) for n in FMNIST]
-    score = lambda r: r["two_object_all_correct"] + r["single_object_all_correct"]  # noqa: E731
-    best = max(designs, key=score)
-    report = {"runs": designs, "best": {"preset": best["preset"], "name": best["name"], "curve": best["curve"]},
-              "fmnist": fmnist,
-              "settings": {"minutes": args.minutes, "curve": marks, "k_per_prompt": args.k, "held_out_prompts": 60,
-                           "n_fd": args.n_fd, "threads_per_lane": 1, "eval_threads": args.threads,
-                           "machine": f"{os.cpu_count()} CPU cores"}}
+    report = json.loads(Path(args.json).read_text()) if args.only_best else compare_designs(args, runs, parts)
+    marks = sorted(float(m) for m in args.best_curve.split(","))
+    best = best_curve(runs, args.best or report["best"]["name"], marks, args.threads, args.best_k, parts)
+    report["best"] = best
+    report["settings"] |= {"best_curve": marks, "best_threads": args.threads, "best_k_per_prompt": args.best_k}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2))
-    curve_plot(designs, args.png)
-    samples_figure(parts, list(DESIGNS), args.minutes, args.k, args.png.with_name("backbones_samples.png"))
-    for r in designs:
-        print(f"{r['name']:10s} {r['params']:>10,d} params  single {r['single_object_all_correct']:.3f}  two "
-              f"{r['two_object_all_correct']:.3f}  FD {r['fd_effnet']:.1f} (floor {r['fd_floor']:.1f})  "
-              f"{r['train_steps_per_s']:.2f} steps/s  {r['images_per_s']:.1f} img/s")
-    for r in fmnist:
-        print(f"{r['name']:12s} FD {r.get('fd_effnet')} (floor {r.get('fd_floor')})")
+    best_plot(best, args.png.with_name("backbones_best_curve.png"))
+    shown = sorted({30.0, marks[-1]} & set(marks))
+    tag = f"{best['name']}-{args.threads}threads"
+    pictures = {f"{m:g} min": torch.load(parts / f"{tag}-{m:g}min-images.pt") for m in shown}
+    samples_figure(pictures, args.best_k, args.png.with_name("backbones_best_samples.png"),
+                   f"{best['name']} on {args.threads} threads: held-out prompts after " +
+                   " and ".join(f"{m:g}" for m in shown) + " minutes")
+    for c in best["curve"]:
+        print(f"{best['name']} at {c['minutes']:g} min ({c['train_steps']} steps): single "
+              f"{c['single_object_all_correct']:.3f}  two {c['two_object_all_correct']:.3f}")
 
 
 if __name__ == "__main__":

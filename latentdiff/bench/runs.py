@@ -23,16 +23,18 @@ def in_lanes(lanes: list[list], work) -> None:
         t.join()
 
 
-def train(run: Path, preset: str, minutes: float | None, overrides: list[str], log_mode: str = "w") -> None:
-    """``latentdiff train --preset PRESET --out RUN [--minutes M] [--set ...]`` single-threaded, its
-    output in ``RUN.log`` beside the run folder (resumes when the folder holds a checkpoint)."""
+def train(run: Path, preset: str, minutes: float | None, overrides: list[str], log_mode: str = "w",
+          threads: int = 1) -> None:
+    """``latentdiff train --preset PRESET --out RUN [--minutes M] [--set ...]`` on ``threads`` threads
+    (one: a lane), its output in ``RUN.log`` beside the run folder (resumes when the folder holds a
+    checkpoint)."""
     cmd = [sys.executable, "-m", "latentdiff.cli.main", "train", "--preset", preset, "--out", str(run)]
     cmd += ["--minutes", str(minutes)] if minutes is not None else []
     cmd += [a for o in overrides for a in ("--set", o)]
     print(" ".join(cmd), flush=True)
     with open(run.parent / f"{run.name}.log", log_mode) as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
 
 
 def train_lanes(lanes: list[list[tuple[str, str, float, list[str]]]], runs: Path) -> None:
