@@ -316,8 +316,8 @@ def main() -> None:
     tag = f"{best['name']}-{args.threads}threads"
     pictures = {f"{m:g} min": torch.load(parts / f"{tag}-{m:g}min-images.pt") for m in shown}
     samples_figure(pictures, args.best_k, args.png.with_name("backbones_best_samples.png"),
-                   f"{best['name']} on {args.threads} threads: held-out prompts after " +
-                   " and ".join(f"{m:g}" for m in shown) + " minutes")
+                   "held-out prompts after " + " and ".join(f"{m:g}" for m in shown) +
+                   f" min ({best['name']}, {args.threads} threads)")
     for c in best["curve"]:
         print(f"{best['name']} at {c['minutes']:g} min ({c['train_steps']} steps): single "
               f"{c['single_object_all_correct']:.3f}  two {c['two_object_all_correct']:.3f}")
