@@ -119,17 +119,11 @@ def parameters(preset: str, overrides: list[str]) -> int:
 def design_report(runs: Path, name: str, marks: list[float], k: int, n_fd: int, parts: Path) -> dict:
     """One design: adherence at every mark, and at the last its FD, steps/s and images/s."""
     from latentdiff.data import DataConfig, build_dataset
-    from latentdiff.data.shapes import held_out_prompts
     from latentdiff.eval import fd_with_floor
 
     preset, overrides = DESIGNS[name]
-    held_out = held_out_prompts()
-    repeated = [q for q in held_out for _ in range(k)]
-    curve = []
-    for m in marks:
-        images, _ = sample(runs / name / f"at-{m:g}min", repeated, seed=7)
-        torch.save(images, parts / f"{name}-{m:g}min-images.pt")
-        curve.append({"minutes": m, **{key: v for key, v in adherence(images, held_out, k).items() if key in KEYS}})
+    curve = [{"minutes": m, **held_out_adherence(runs / name / f"at-{m:g}min", k, parts, f"{name}-{m:g}min")}
+             for m in marks]
     data = DataConfig(name="shapes", image_size=32, channels=3)
     test, train_split = build_dataset(data, "test"), build_dataset(data, "train")
     fd_images, _ = sample(runs / name / "checkpoint", list(test.captions[:n_fd]), seed=0)
@@ -206,15 +200,15 @@ def held_out_adherence(ckpt: Path, k: int, parts: Path, tag: str) -> dict:
 def best_curve(runs: Path, name: str, marks: list[float], threads: int, k: int, parts: Path) -> dict:
     """The chosen design trained alone on ``threads`` threads (the bar's "2 CPU cores") to the last mark,
     one run with a checkpoint kept at every mark, and its held-out adherence at each."""
+    preset, overrides = DESIGNS[name]
     run = runs / f"{name}-{threads}threads"
-    train(run, *DESIGNS[name], marks, threads=threads)
+    train(run, preset, overrides, marks, threads=threads)
     curve = []
     for m in marks:
         at = run / f"at-{m:g}min"
         point = cached(parts / f"{run.name}-{m:g}min.json",
                        lambda at=at, m=m: held_out_adherence(at, k, parts, f"{run.name}-{m:g}min"))
         curve.append({"minutes": m, "train_steps": json.loads((at / "step.json").read_text())["step"], **point})
-    preset, overrides = DESIGNS[name]
     return {"preset": preset, "name": name, "overrides": overrides, "threads": threads, "k_per_prompt": k,
             "curve": curve, "crossing_minutes": crossing(curve)}
 
